@@ -1,0 +1,526 @@
+"""Miscellaneous utilities: attribute dicts, console logging, cache paths, name lookup, file and URL helpers."""
+
+import ctypes
+import fnmatch
+import glob
+import hashlib
+import html
+import importlib
+import inspect
+import io
+import os
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import urllib.parse
+import uuid
+
+import numpy as np
+import requests
+
+# ----------------------------------------------------------------------------
+# EasyDict
+
+
+class EasyDict(dict):
+    """A `dict` whose items are also reachable as attributes (`d.key`); otherwise exactly a dict.
+
+    Lookup falls back to the items only when normal attribute lookup fails (`__getattr__`), so methods and
+    anything in the instance `__dict__` win; a missing key raises `AttributeError` so `hasattr`/`copy`/`pickle`
+    probes behave.
+    """
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def __delattr__(self, name):
+        del self[name]
+
+
+# ----------------------------------------------------------------------------
+# Logger
+
+
+class Logger:
+    """Tee everything written to stdout and stderr into an optional file; stderr text goes to the real stdout.
+
+    Installs itself as `sys.stdout` and `sys.stderr` on construction; `close()` restores whatever was installed
+    before, but only where this logger is still the installed stream (so nested loggers may close in any order).
+    """
+
+    def __init__(self, file_name=None, file_mode="w", should_flush=True):
+        self.file = None
+        if file_name is not None:
+            self.file = open(file_name, file_mode)
+        self.should_flush = should_flush
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+        sys.stdout = self
+        sys.stderr = self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        self.close()
+
+    def write(self, text):
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if len(text) == 0:
+            return
+        if self.file is not None:
+            self.file.write(text)
+        self.stdout.write(text)
+        if self.should_flush:
+            self.flush()
+
+    def flush(self):
+        if self.file is not None:
+            self.file.flush()
+        self.stdout.flush()
+
+    def close(self):
+        self.flush()
+        if sys.stdout is self:
+            sys.stdout = self.stdout
+        if sys.stderr is self:
+            sys.stderr = self.stderr
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __getattr__(self, name):
+        # Stream attributes this class does not define (isatty, encoding, fileno, ...) come from the console.
+        stdout = self.__dict__.get("stdout", None)
+        if stdout is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(stdout, name)
+
+
+# ----------------------------------------------------------------------------
+# Cache directory
+
+_dnnlib_cache_dir = None
+
+_CACHE_SUBDIR = (".cache", "dnnlib")
+
+
+def set_cache_dir(path):
+    """Override the cache root used by `make_cache_dir_path` (None restores the environment-based default)."""
+    global _dnnlib_cache_dir
+    _dnnlib_cache_dir = path
+
+
+def make_cache_dir_path(*paths):
+    """Path inside the cache root (nothing is created).
+
+    Root, first applicable: `set_cache_dir` value, `$DNNLIB_CACHE_DIR`, `$HOME/.cache/dnnlib`,
+    `%USERPROFILE%/.cache/dnnlib`, `<tempdir>/.cache/dnnlib`.
+    """
+    if _dnnlib_cache_dir is not None:
+        return os.path.join(_dnnlib_cache_dir, *paths)
+    if "DNNLIB_CACHE_DIR" in os.environ:
+        return os.path.join(os.environ["DNNLIB_CACHE_DIR"], *paths)
+    if "HOME" in os.environ:
+        return os.path.join(os.environ["HOME"], *_CACHE_SUBDIR, *paths)
+    if "USERPROFILE" in os.environ:
+        return os.path.join(os.environ["USERPROFILE"], *_CACHE_SUBDIR, *paths)
+    return os.path.join(tempfile.gettempdir(), *_CACHE_SUBDIR, *paths)
+
+
+# ----------------------------------------------------------------------------
+# Small helpers
+
+
+def format_time(seconds):
+    """Human-readable duration, e.g. `1m 01s`, `1h 00m 00s`, `1d 01h 01m` (seconds rounded half to even)."""
+    s = int(np.rint(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 60 * 60:
+        return f"{s // 60}m {s % 60:02}s"
+    if s < 24 * 60 * 60:
+        return f"{s // (60 * 60)}h {(s // 60) % 60:02}m {s % 60:02}s"
+    return f"{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02}h {(s // 60) % 60:02}m"
+
+
+def format_time_brief(seconds):
+    """Like `format_time` but coarser: hours drop seconds (`1h 05m`), days drop minutes (`2d 03h`)."""
+    s = int(np.rint(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 60 * 60:
+        return f"{s // 60}m {s % 60:02}s"
+    if s < 24 * 60 * 60:
+        return f"{s // (60 * 60)}h {(s // 60) % 60:02}m"
+    return f"{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02}h"
+
+
+_TRUE_STRINGS = ("y", "yes", "t", "true", "on", "1")
+_FALSE_STRINGS = ("n", "no", "f", "false", "off", "0")
+
+
+def strtobool(text):
+    """Classic truth-string parsing: 1 for y/yes/t/true/on/1, 0 for n/no/f/false/off/0 (case-insensitive)."""
+    text = text.lower()
+    if text in _TRUE_STRINGS:
+        return 1
+    if text in _FALSE_STRINGS:
+        return 0
+    raise ValueError(f"invalid truth value {text!r}")
+
+
+def ask_yes_no(question):
+    """Ask `question [y/n]` on the console until the answer parses; return 1 or 0."""
+    while True:
+        try:
+            print(f"{question} [y/n]")
+            return strtobool(input().lower())
+        except ValueError:
+            pass
+
+
+def tuple_product(t):
+    """Product of the elements of `t` (1 for an empty tuple)."""
+    result = 1
+    for v in t:
+        result *= v
+    return result
+
+
+_str_to_ctype = {
+    "uint8": ctypes.c_ubyte,
+    "uint16": ctypes.c_uint16,
+    "uint32": ctypes.c_uint32,
+    "uint64": ctypes.c_uint64,
+    "int8": ctypes.c_byte,
+    "int16": ctypes.c_int16,
+    "int32": ctypes.c_int32,
+    "int64": ctypes.c_int64,
+    "float32": ctypes.c_float,
+    "float64": ctypes.c_double,
+}
+
+
+def get_dtype_and_ctype(type_obj):
+    """`(numpy.dtype, ctypes type)` for a type given by name string, or by an object with `__name__` or `name`."""
+    if isinstance(type_obj, str):
+        type_str = type_obj
+    elif hasattr(type_obj, "__name__"):
+        type_str = type_obj.__name__
+    elif hasattr(type_obj, "name"):
+        type_str = type_obj.name
+    else:
+        raise RuntimeError("Cannot infer type name from input")
+    assert type_str in _str_to_ctype, f"unsupported type name {type_str!r}; expected one of {list(_str_to_ctype)}"
+    my_dtype = np.dtype(type_str)
+    my_ctype = _str_to_ctype[type_str]
+    assert my_dtype.itemsize == ctypes.sizeof(my_ctype)
+    return my_dtype, my_ctype
+
+
+def is_pickleable(obj):
+    """True iff `obj` can be pickled."""
+    try:
+        with io.BytesIO() as stream:
+            pickle.dump(obj, stream)
+        return True
+    except Exception:
+        return False
+
+
+# ----------------------------------------------------------------------------
+# Looking up objects by dotted name
+
+
+def _walk_attributes(obj, dotted_name):
+    for part in dotted_name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def get_module_from_obj_name(obj_name):
+    """Split `obj_name` into `(module, local dotted name)`, preferring the longest importable module prefix."""
+    # Shorthands; the dot is deliberately a regex wildcard, as in the original.
+    obj_name = re.sub("^np.", "numpy.", obj_name)
+    obj_name = re.sub("^tf.", "tensorflow.", obj_name)
+
+    parts = obj_name.split(".")
+    candidates = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts), 0, -1)]
+
+    for module_name, local_name in candidates:
+        try:
+            module = importlib.import_module(module_name)
+            get_obj_from_module(module, local_name)
+            return module, local_name
+        except Exception:
+            pass
+
+    # Nothing worked: surface the most informative error. An ImportError that is not "this module does not
+    # exist" means the module exists but failed to import.
+    for module_name, _local_name in candidates:
+        try:
+            importlib.import_module(module_name)
+        except ImportError as exc:
+            if not str(exc).startswith(f"No module named '{module_name}'"):
+                raise
+
+    # A module that imports fine but lacks the attribute: let the AttributeError propagate.
+    for module_name, local_name in candidates:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        get_obj_from_module(module, local_name)
+
+    raise ImportError(obj_name)
+
+
+def get_obj_from_module(module, obj_name):
+    """Object at dotted path `obj_name` inside `module` (the module itself for an empty name)."""
+    if obj_name == "":
+        return module
+    return _walk_attributes(module, obj_name)
+
+
+def get_obj_by_name(name):
+    """Object for a fully-qualified dotted name such as `torch.optim.Adam`."""
+    module, obj_name = get_module_from_obj_name(name)
+    return get_obj_from_module(module, obj_name)
+
+
+def call_func_by_name(*args, func_name=None, **kwargs):
+    """Resolve `func_name` and call it with the remaining arguments."""
+    assert func_name is not None, "call_func_by_name: func_name is required"
+    func_obj = get_obj_by_name(func_name)
+    assert callable(func_obj), f"call_func_by_name: {func_name} is not callable"
+    return func_obj(*args, **kwargs)
+
+
+def construct_class_by_name(*args, class_name=None, **kwargs):
+    """Resolve `class_name` and instantiate it with the remaining arguments (`class_name` is not passed on)."""
+    return call_func_by_name(*args, func_name=class_name, **kwargs)
+
+
+def get_module_dir_by_obj_name(obj_name):
+    """Directory of the source file of the module that defines `obj_name`."""
+    module, _obj_name = get_module_from_obj_name(obj_name)
+    return os.path.dirname(inspect.getfile(module))
+
+
+def is_top_level_function(obj):
+    """True iff `obj` is callable and defined at the top level of its module."""
+    return callable(obj) and obj.__name__ in sys.modules[obj.__module__].__dict__
+
+
+def get_top_level_function_name(obj):
+    """`<module>.<name>` of a top-level function; `__main__` is replaced by the main script's base name."""
+    assert is_top_level_function(obj), f"{obj!r} is not a top-level function"
+    module = obj.__module__
+    if module == "__main__":
+        module = os.path.splitext(os.path.basename(sys.modules[module].__file__))[0]
+    return module + "." + obj.__name__
+
+
+# ----------------------------------------------------------------------------
+# File-system helpers
+
+
+def list_dir_recursively_with_ignore(dir_path, ignores=None, add_base_to_relative=False):
+    """`(absolute-ish path, relative path)` of every file under `dir_path`, skipping `fnmatch` patterns in
+    `ignores` (matching directories are not descended into)."""
+    assert os.path.isdir(dir_path), f"not a directory: {dir_path}"
+    base_name = os.path.basename(os.path.normpath(dir_path))
+    if ignores is None:
+        ignores = []
+
+    result = []
+    for root, dirs, files in os.walk(dir_path, topdown=True):
+        for pattern in ignores:
+            dirs_to_remove = [d for d in dirs if fnmatch.fnmatch(d, pattern)]
+            for d in dirs_to_remove:
+                dirs.remove(d)
+            files = [f for f in files if not fnmatch.fnmatch(f, pattern)]
+
+        absolute_paths = [os.path.join(root, f) for f in files]
+        relative_paths = [os.path.relpath(p, dir_path) for p in absolute_paths]
+        if add_base_to_relative:
+            relative_paths = [os.path.join(base_name, p) for p in relative_paths]
+        assert len(absolute_paths) == len(relative_paths)
+        result += zip(absolute_paths, relative_paths)
+    return result
+
+
+def copy_files_and_create_dirs(files):
+    """Copy each `(src, dst)` pair, creating missing parent directories of `dst`."""
+    for src, dst in files:
+        target_dir = os.path.dirname(dst)
+        if target_dir and not os.path.exists(target_dir):
+            os.makedirs(target_dir)
+        shutil.copyfile(src, dst)
+
+
+# ----------------------------------------------------------------------------
+# URLs
+
+# Bodies shorter than this may be a Google Drive HTML page rather than the requested file.
+_SMALL_BODY_BYTES = 8192
+
+
+class DownloadError(IOError):
+    """A URL could not be fetched; the message says where to place a manually downloaded copy."""
+
+
+def is_url(obj, allow_file_urls=False):
+    """True iff `obj` is a string that looks like a network URL (`file://` counts only if allowed)."""
+    if not isinstance(obj, str) or "://" not in obj:
+        return False
+    if allow_file_urls and obj.startswith("file://"):
+        return True
+    try:
+        res = urllib.parse.urlparse(obj)
+        if not res.scheme or not res.netloc or "." not in res.netloc:
+            return False
+        res = urllib.parse.urlparse(urllib.parse.urljoin(obj, "/"))
+        if not res.scheme or not res.netloc or "." not in res.netloc:
+            return False
+    except Exception:
+        return False
+    return True
+
+
+def _file_url_to_path(url):
+    """Local file name of a `file://` URL (host dropped, no percent-decoding, `/C:/...` → `C:/...`)."""
+    filename = urllib.parse.urlparse(url).path
+    if re.match(r"^/[a-zA-Z]:", filename):
+        filename = filename[1:]
+    return filename
+
+
+def _safe_file_name(name):
+    return re.sub(r"[^0-9a-zA-Z._-]", "_", name)
+
+
+def url_cache_path(url, cache_dir=None):
+    """Where `open_url` looks for (and stores) the cached copy of `url`.
+
+    Any file named `<md5 of url>_<anything>` in the cache directory is accepted; this returns the name derived
+    from the URL itself, which is what a manual download should be saved as.
+    """
+    if cache_dir is None:
+        cache_dir = make_cache_dir_path("downloads")
+    url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
+    return os.path.join(cache_dir, url_md5 + "_" + _safe_file_name(url))
+
+
+def _download_error_message(url, cache_dir, cache, exc):
+    lines = [f"Could not download {url} ({type(exc).__name__}: {exc})."]
+    if cache:
+        lines.append(
+            f"Download it manually and save it as {url_cache_path(url, cache_dir)} "
+            "(any file named '<md5 of the URL>_*' in that directory is used); the next call will find it there."
+        )
+    else:
+        lines.append("Download it manually and pass the local file path instead of the URL.")
+    return "\n".join(lines)
+
+
+def _fetch_url(url, num_attempts, verbose):
+    """Download `url`, retrying; returns `(stored file name, body bytes)`."""
+    url_name = None
+    url_data = None
+    with requests.Session() as session:
+        if verbose:
+            print("Downloading %s ..." % url, end="", flush=True)
+        for attempts_left in reversed(range(num_attempts)):
+            try:
+                with session.get(url) as res:
+                    res.raise_for_status()
+                    if len(res.content) == 0:
+                        raise OSError("No data received")
+
+                    if len(res.content) < _SMALL_BODY_BYTES:
+                        content_str = res.content.decode("utf-8")
+                        if "download_warning" in res.headers.get("Set-Cookie", ""):
+                            pieces = content_str.split('"')
+                            links = [html.unescape(link) for link in pieces if "export=download" in link]
+                            if len(links) == 1:
+                                url = urllib.parse.urljoin(url, links[0])
+                                raise OSError("Google Drive virus checker nag")
+                        if "Google Drive - Quota exceeded" in content_str:
+                            raise OSError("Google Drive download quota exceeded -- please try again later")
+
+                    match = re.search(r'filename="([^"]*)"', res.headers.get("Content-Disposition", ""))
+                    url_name = match[1] if match else url
+                    url_data = res.content
+                    if verbose:
+                        print(" done")
+                    break
+            except KeyboardInterrupt:
+                raise
+            except Exception:
+                if not attempts_left:
+                    if verbose:
+                        print(" failed")
+                    raise
+                if verbose:
+                    print(".", end="", flush=True)
+    return url_name, url_data
+
+
+def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename=False, cache=True):
+    """Open a local path, `file://` URL or network URL as a binary stream (or return a file name).
+
+    Network downloads are cached as `<cache_dir>/<md5 of url>_<name>`, `cache_dir` defaulting to
+    `make_cache_dir_path('downloads')`. When the download fails, a `DownloadError` names the URL and the exact
+    cache path at which a manually downloaded copy will be picked up.
+    """
+    assert num_attempts >= 1, f"num_attempts must be >= 1, got {num_attempts}"
+    assert not (return_filename and (not cache)), "return_filename=True requires cache=True"
+
+    if not re.match("^[a-z]+://", url):
+        return url if return_filename else open(url, "rb")
+
+    if url.startswith("file://"):
+        filename = _file_url_to_path(url)
+        return filename if return_filename else open(filename, "rb")
+
+    assert is_url(url), f"not a valid URL: {url}"
+
+    if cache_dir is None:
+        cache_dir = make_cache_dir_path("downloads")
+    url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
+    if cache:
+        cache_files = glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + "_*"))
+        if len(cache_files) == 1:
+            filename = cache_files[0]
+            return filename if return_filename else open(filename, "rb")
+
+    try:
+        url_name, url_data = _fetch_url(url, num_attempts, verbose)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise DownloadError(_download_error_message(url, cache_dir, cache, exc)) from exc
+
+    if cache:
+        safe_name = _safe_file_name(url_name)
+        cache_file = os.path.join(cache_dir, url_md5 + "_" + safe_name)
+        temp_file = os.path.join(cache_dir, "tmp_" + uuid.uuid4().hex + "_" + url_md5 + "_" + safe_name)
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(temp_file, "wb") as f:
+            f.write(url_data)
+        os.replace(temp_file, cache_file)
+        if return_filename:
+            return cache_file
+
+    return io.BytesIO(url_data)
