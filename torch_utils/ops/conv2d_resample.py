@@ -1,0 +1,130 @@
+"""2-D convolution fused with FIR up/down-sampling (foundation spec §6.5).
+
+Mathematically: zero-stuff by `up` and pad, FIR-filter with `f` (gain up²), convolve with `w`, then FIR-filter and
+decimate by `down`. The implementation picks the cheapest equivalent arrangement (transposed convolution for
+upsampling, strided convolution for downsampling, 1x1 kernels applied at the lower resolution); every branch equals
+the mathematical definition up to rounding, and the branch order decides the exact rounding.
+"""
+
+import torch
+
+from torch_utils import misc
+from torch_utils.ops import conv2d_gradfix, upfirdn2d
+from torch_utils.ops.upfirdn2d import _get_filter_size, _parse_padding
+
+
+def _get_weight_shape(w):
+    """`[out_channels, in_channels_per_group, kh, kw]` as Python ints (constants while tracing)."""
+    with misc.suppress_tracer_warnings():
+        shape = [int(size) for size in w.shape]
+    misc.assert_shape(w, shape)
+    return shape
+
+
+def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
+    """Convolution via conv2d_gradfix; `flip_weight=False` rotates the kernel by 180° (true convolution)."""
+    _out_channels, _in_channels_per_group, kh, kw = _get_weight_shape(w)
+    # A 1x1 kernel is its own rotation.
+    if not flip_weight and (kw > 1 or kh > 1):
+        w = w.flip([2, 3])
+    op = conv2d_gradfix.conv_transpose2d if transpose else conv2d_gradfix.conv2d
+    return op(x, w, stride=stride, padding=padding, groups=groups)
+
+
+@misc.profiled_function
+def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False):
+    """Convolve `x` with `w`, optionally upsampling before / downsampling after with the FIR filter `f`.
+
+    Args:
+        x: `[N, C_in, H, W]`.
+        w: `[C_out, C_in // groups, kh, kw]`, same dtype as `x`.
+        f: None or a float32 1-D/2-D filter from `upfirdn2d.setup_filter` (needed when up > 1 or down > 1).
+        up, down: integer factors >= 1.
+        padding: int, `[px, py]` or `[px0, px1, py0, py1]`, relative to the upsampled image.
+        groups: number of convolution groups.
+        flip_weight: True = cross-correlation (as torch.nn.functional.conv2d), False = true convolution.
+        flip_filter: passed to every upfirdn2d call.
+
+    Returns:
+        `[N, C_out, H', W']`.
+    """
+    assert isinstance(x, torch.Tensor) and x.ndim == 4, "conv2d_resample: expected x of shape [N, C, H, W]"
+    assert isinstance(w, torch.Tensor) and w.ndim == 4, "conv2d_resample: expected w of shape [O, I/groups, kh, kw]"
+    assert w.dtype == x.dtype, f"conv2d_resample: w has dtype {w.dtype} but x has {x.dtype}"
+    assert f is None or (isinstance(f, torch.Tensor) and f.ndim in [1, 2] and f.dtype == torch.float32), (
+        "conv2d_resample: f must be None or a float32 1-D/2-D filter"
+    )
+    assert isinstance(up, int) and up >= 1, f"conv2d_resample: up must be an int >= 1, got {up!r}"
+    assert isinstance(down, int) and down >= 1, f"conv2d_resample: down must be an int >= 1, got {down!r}"
+    assert isinstance(groups, int) and groups >= 1, f"conv2d_resample: groups must be an int >= 1, got {groups!r}"
+    out_channels, in_channels_per_group, kh, kw = _get_weight_shape(w)
+    misc.assert_shape(x, [None, in_channels_per_group * groups, None, None])
+    fw, fh = _get_filter_size(f)
+    px0, px1, py0, py1 = _parse_padding(padding)
+
+    # Extra padding that keeps the filter centred on the up- and down-sampled grids.
+    if up > 1:
+        px0 += (fw + up - 1) // 2
+        px1 += (fw - up) // 2
+        py0 += (fh + up - 1) // 2
+        py1 += (fh - up) // 2
+    if down > 1:
+        px0 += (fw - down + 1) // 2
+        px1 += (fw - down) // 2
+        py0 += (fh - down + 1) // 2
+        py1 += (fh - down) // 2
+    adjusted = [px0, px1, py0, py1]
+
+    # 1x1 kernel with downsampling: filter and decimate first, then convolve the smaller image.
+    if kw == 1 and kh == 1 and (down > 1 and up == 1):
+        x = upfirdn2d.upfirdn2d(x=x, f=f, down=down, padding=adjusted, flip_filter=flip_filter)
+        return _conv2d_wrapper(x=x, w=w, groups=groups, flip_weight=flip_weight)
+
+    # 1x1 kernel with upsampling: convolve the smaller image first, then upsample and filter.
+    if kw == 1 and kh == 1 and (up > 1 and down == 1):
+        x = _conv2d_wrapper(x=x, w=w, groups=groups, flip_weight=flip_weight)
+        return upfirdn2d.upfirdn2d(x=x, f=f, up=up, padding=adjusted, gain=up**2, flip_filter=flip_filter)
+
+    # Downsampling only: filter, then a strided convolution does the decimation.
+    if down > 1 and up == 1:
+        x = upfirdn2d.upfirdn2d(x=x, f=f, padding=adjusted, flip_filter=flip_filter)
+        return _conv2d_wrapper(x=x, w=w, stride=down, groups=groups, flip_weight=flip_weight)
+
+    # Upsampling (possibly followed by downsampling): a strided transposed convolution does the zero-stuffing.
+    if up > 1:
+        if groups == 1:
+            w = w.transpose(0, 1)
+        else:
+            w = w.reshape(groups, out_channels // groups, in_channels_per_group, kh, kw)
+            w = w.transpose(1, 2)
+            w = w.reshape(groups * in_channels_per_group, out_channels // groups, kh, kw)
+        px0 -= kw - 1
+        px1 -= kw - up
+        py0 -= kh - 1
+        py1 -= kh - up
+        # The symmetric part of any cropping is absorbed by the transposed convolution's own padding.
+        pxt = max(min(-px0, -px1), 0)
+        pyt = max(min(-py0, -py1), 0)
+        # Transposed convolution = zero-stuffing + true convolution, hence the inverted flip.
+        x = _conv2d_wrapper(
+            x=x, w=w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=(not flip_weight)
+        )
+        x = upfirdn2d.upfirdn2d(
+            x=x, f=f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up**2, flip_filter=flip_filter
+        )
+        if down > 1:
+            x = upfirdn2d.upfirdn2d(x=x, f=f, down=down, flip_filter=flip_filter)
+        return x
+
+    # No resampling, symmetric non-negative padding: the convolution pads by itself.
+    if up == 1 and down == 1 and px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+        return _conv2d_wrapper(x=x, w=w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
+
+    # Remaining case (asymmetric or negative padding without resampling): the generic definition.
+    x = upfirdn2d.upfirdn2d(
+        x=x, f=(f if up > 1 else None), up=up, padding=adjusted, gain=up**2, flip_filter=flip_filter
+    )
+    x = _conv2d_wrapper(x=x, w=w, groups=groups, flip_weight=flip_weight)
+    if down > 1:
+        x = upfirdn2d.upfirdn2d(x=x, f=f, down=down, flip_filter=flip_filter)
+    return x

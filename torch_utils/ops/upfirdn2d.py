@@ -1,0 +1,310 @@
+"""FIR filtering of 2-D images with integer up- and down-sampling (upfirdn2d) and its convenience wrappers.
+
+Per image and channel: insert zeros to upsample, pad (or crop, for negative padding), convolve with a FIR filter
+keeping only the "valid" part, then keep every `down`-th sample. The pure-PyTorch path (`impl='ref'`) is the
+normative definition (foundation spec §6.2); the optional native CUDA plugin must agree with it up to rounding.
+
+Native plugin contract (the CUDA sources `upfirdn2d.cpp/.cu/.h` next to this file build `upfirdn2d_plugin`):
+`plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain) -> Tensor`, where `x` is
+`[N, C, H, W]`, `f` a float32 `[fh, fw]` filter (not pre-scaled), all other arguments Python ints / bool / float, and
+`gain` multiplies the accumulated sum. The output has `x`'s dtype.
+"""
+
+import os
+import traceback
+import warnings
+
+import torch
+
+from torch_utils import misc
+from torch_utils.ops import conv2d_gradfix
+
+# ----------------------------------------------------------------------------
+# Optional native plugin. CPU tensors never trigger a build; a failed or impossible build warns once and the
+# reference path is used for the rest of the process.
+
+_PLUGIN_NAME = "upfirdn2d_plugin"
+_PLUGIN_SOURCES = ["upfirdn2d.cpp", "upfirdn2d.cu"]
+_PLUGIN_HEADERS = ["upfirdn2d.h"]
+_PLUGIN_SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+_FALLBACK_MESSAGE = "Failed to build CUDA kernels for upfirdn2d. Falling back to slow reference implementation."
+
+_plugin = None
+_init_attempted = False
+
+
+def _init():
+    """Try (once per process) to obtain the native plugin; return True iff it is usable."""
+    global _plugin, _init_attempted
+    if _init_attempted:
+        return _plugin is not None
+    _init_attempted = True
+    missing = [
+        name for name in _PLUGIN_SOURCES + _PLUGIN_HEADERS if not os.path.isfile(os.path.join(_PLUGIN_SOURCE_DIR, name))
+    ]
+    if missing:
+        warnings.warn(
+            f"{_FALLBACK_MESSAGE} Details: native sources not found in {_PLUGIN_SOURCE_DIR}: {', '.join(missing)}",
+            stacklevel=3,
+        )
+        return False
+    try:
+        from torch_utils import custom_ops
+
+        _plugin = custom_ops.get_plugin(
+            module_name=_PLUGIN_NAME,
+            sources=_PLUGIN_SOURCES,
+            headers=_PLUGIN_HEADERS,
+            source_dir=_PLUGIN_SOURCE_DIR,
+            extra_cuda_cflags=["--use_fast_math"],
+        )
+    except Exception:
+        _plugin = None
+        warnings.warn(f"{_FALLBACK_MESSAGE} Details:\n\n{traceback.format_exc()}", stacklevel=3)
+    return _plugin is not None
+
+
+# ----------------------------------------------------------------------------
+# Argument parsing (shared with conv2d_resample).
+
+
+def _parse_scaling(scaling):
+    """Up/down factor: int `s` or `[sx, sy]` -> `(sx, sy)`, both >= 1."""
+    if isinstance(scaling, int):
+        scaling = [scaling, scaling]
+    assert isinstance(scaling, (list, tuple)), f"upfirdn2d: scaling factor must be an int or [sx, sy], got {scaling!r}"
+    assert all(isinstance(s, int) for s in scaling), f"upfirdn2d: scaling factors must be Python ints, got {scaling!r}"
+    assert len(scaling) == 2, f"upfirdn2d: expected 2 scaling factors [sx, sy], got {scaling!r}"
+    sx, sy = scaling
+    assert sx >= 1 and sy >= 1, f"upfirdn2d: scaling factors must be >= 1, got {scaling!r}"
+    return sx, sy
+
+
+def _parse_padding(padding):
+    """Padding: int `p`, `[px, py]` or `[px0, px1, py0, py1]` -> `(px0, px1, py0, py1)`; negative values crop."""
+    if isinstance(padding, int):
+        padding = [padding, padding]
+    assert isinstance(padding, (list, tuple)), f"upfirdn2d: padding must be an int or a list, got {padding!r}"
+    assert all(isinstance(p, int) for p in padding), f"upfirdn2d: padding values must be Python ints, got {padding!r}"
+    if len(padding) == 2:
+        px, py = padding
+        padding = [px, px, py, py]
+    assert len(padding) == 4, f"upfirdn2d: padding must have 1, 2 or 4 values, got {padding!r}"
+    px0, px1, py0, py1 = padding
+    return px0, px1, py0, py1
+
+
+def _get_filter_size(f):
+    """Filter taps `(fw, fh)`; `None` counts as 1x1 and a 1-D (separable) filter has `fw == fh == taps`."""
+    if f is None:
+        return 1, 1
+    assert isinstance(f, torch.Tensor) and f.ndim in [1, 2], "upfirdn2d: filter must be None or a 1-D/2-D tensor"
+    fw = f.shape[-1]
+    fh = f.shape[0]
+    with misc.suppress_tracer_warnings():
+        fw = int(fw)
+        fh = int(fh)
+    misc.assert_shape(f, [fh, fw][: f.ndim])
+    assert fw >= 1 and fh >= 1, f"upfirdn2d: filter must have at least one tap, got shape {list(f.shape)}"
+    return fw, fh
+
+
+# ----------------------------------------------------------------------------
+# Filter preparation.
+
+_CPU = torch.device("cpu")
+
+
+def setup_filter(f, device=_CPU, normalize=True, flip_filter=False, gain=1, separable=None):
+    """Turn a list / array / tensor / scalar / None into a float32 FIR filter for `upfirdn2d`.
+
+    Returns a 1-D `[taps]` tensor when separable (default: 1-D input with >= 8 taps), else a 2-D `[fh, fw]` tensor
+    (a short 1-D input becomes the outer product with itself). `gain` is the total gain over both axes.
+    """
+    if f is None:
+        f = 1
+    f = torch.as_tensor(f, dtype=torch.float32)
+    assert f.ndim in [0, 1, 2], f"setup_filter: expected a scalar, 1-D or 2-D filter, got {f.ndim} dims"
+    assert f.numel() > 0, "setup_filter: the filter is empty"
+    if f.ndim == 0:
+        f = f.reshape(1)
+
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
+    assert f.ndim == (1 if separable else 2), f"setup_filter: separable={separable} does not fit a {f.ndim}-D filter"
+
+    # Out of place: torch.as_tensor returns the caller's tensor unchanged when it is already float32.
+    if normalize:
+        f = f / f.sum()
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f * (gain ** (f.ndim / 2))
+    return f.to(device=device)
+
+
+# ----------------------------------------------------------------------------
+# The operation.
+
+
+def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="cuda"):
+    """Upsample, pad, FIR-filter and downsample a batch of images.
+
+    Args:
+        x: `[N, C, H, W]` images (float16/32/64).
+        f: float32 filter `[fh, fw]`, separable `[taps]`, or None (identity).
+        up, down: int or `[x, y]` integer factors.
+        padding: int, `[px, py]` or `[px0, px1, py0, py1]`, relative to the upsampled image; negative crops.
+        flip_filter: False = true convolution, True = correlation.
+        gain: overall scaling of the output.
+        impl: 'cuda' (native kernels for CUDA tensors when available, else the reference) or 'ref'.
+
+    Returns:
+        `[N, C, (H*upy + py0 + py1 - fh + downy) // downy, (W*upx + px0 + px1 - fw + downx) // downx]`.
+    """
+    assert isinstance(x, torch.Tensor), f"upfirdn2d: x must be a tensor, got {type(x).__name__}"
+    assert impl in ["ref", "cuda"], f"upfirdn2d: impl must be 'ref' or 'cuda', got {impl!r}"
+    if impl == "cuda" and x.device.type == "cuda" and _init():
+        return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
+    return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+
+
+@misc.profiled_function
+def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """Pure-PyTorch upfirdn2d; gradients come from autograd."""
+    assert isinstance(x, torch.Tensor) and x.ndim == 4, f"upfirdn2d: expected x of shape [N, C, H, W], got {x.ndim}-D"
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    assert isinstance(f, torch.Tensor) and f.ndim in [1, 2], "upfirdn2d: filter must be None or a 1-D/2-D tensor"
+    assert f.dtype == torch.float32, f"upfirdn2d: filter must be float32, got {f.dtype}"
+    assert not f.requires_grad, "upfirdn2d: the filter must not require gradients"
+    batch_size, num_channels, in_height, in_width = x.shape
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+
+    # Zero-stuff: every sample is followed by (up - 1) zeros along each axis.
+    x = x.reshape([batch_size, num_channels, in_height, 1, in_width, 1])
+    x = torch.nn.functional.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+    x = x.reshape([batch_size, num_channels, in_height * upy, in_width * upx])
+
+    # Pad with the positive parts, then crop the negative ones.
+    x = torch.nn.functional.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+    x = x[:, :, max(-pady0, 0) : x.shape[2] - max(-pady1, 0), max(-padx0, 0) : x.shape[3] - max(-padx1, 0)]
+    assert x.shape[2] >= fh and x.shape[3] >= fw, (
+        f"upfirdn2d: padded image {list(x.shape[2:])} is smaller than the filter [{fh}, {fw}]"
+    )
+
+    # Scale in float32 before the cast so the rounding matches the reference; conv2d correlates, so a true
+    # convolution needs the flipped filter.
+    f = f * (gain ** (f.ndim / 2))
+    f = f.to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+
+    # Depthwise convolution, one copy of the filter per channel; a separable filter runs along x, then y.
+    f = f.reshape([1, 1, *f.shape]).repeat([num_channels, 1] + [1] * f.ndim)
+    if f.ndim == 4:
+        x = conv2d_gradfix.conv2d(input=x, weight=f, groups=num_channels)
+    else:
+        x = conv2d_gradfix.conv2d(input=x, weight=f.unsqueeze(2), groups=num_channels)
+        x = conv2d_gradfix.conv2d(input=x, weight=f.unsqueeze(3), groups=num_channels)
+
+    return x[:, :, ::downy, ::downx]
+
+
+_upfirdn2d_cuda_cache = dict()
+
+
+def _upfirdn2d_cuda(up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """Autograd function (cached per configuration) running the native plugin; backward uses the adjoint op."""
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    key = (upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, gain)
+    if key in _upfirdn2d_cuda_cache:
+        return _upfirdn2d_cuda_cache[key]
+
+    class Upfirdn2dCuda(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, f):
+            assert isinstance(x, torch.Tensor) and x.ndim == 4, "upfirdn2d: expected x of shape [N, C, H, W]"
+            if f is None:
+                f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+            assert isinstance(f, torch.Tensor) and f.ndim in [1, 2], "upfirdn2d: filter must be 1-D or 2-D"
+            if f.ndim == 2:
+                y = _plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, gain)
+            else:
+                # Separable: x pass then y pass, each carrying half of the gain (in the exponent).
+                axis_gain = float(gain) ** 0.5
+                y = _plugin.upfirdn2d(x, f.unsqueeze(0), upx, 1, downx, 1, padx0, padx1, 0, 0, flip_filter, axis_gain)
+                y = _plugin.upfirdn2d(y, f.unsqueeze(1), 1, upy, 1, downy, 0, 0, pady0, pady1, flip_filter, axis_gain)
+            ctx.save_for_backward(f)
+            ctx.x_shape = x.shape
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            (f,) = ctx.saved_tensors
+            _, _, in_height, in_width = ctx.x_shape
+            _, _, out_height, out_width = dy.shape
+            fw, fh = _get_filter_size(f)
+            adjoint_padding = [
+                fw - padx0 - 1,
+                in_width * upx - out_width * downx + padx0 - upx + 1,
+                fh - pady0 - 1,
+                in_height * upy - out_height * downy + pady0 - upy + 1,
+            ]
+            dx = None
+            if ctx.needs_input_grad[0]:
+                adjoint = _upfirdn2d_cuda(
+                    up=[downx, downy], down=[upx, upy], padding=adjoint_padding, flip_filter=not flip_filter, gain=gain
+                )
+                dx = adjoint.apply(dy, f)
+            assert not ctx.needs_input_grad[1], "upfirdn2d: gradients with respect to the filter are not supported"
+            return dx, None
+
+    _upfirdn2d_cuda_cache[key] = Upfirdn2dCuda
+    return Upfirdn2dCuda
+
+
+# ----------------------------------------------------------------------------
+# Convenience wrappers that add the padding keeping the image aligned with the filter's centre.
+
+
+def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl="cuda"):
+    """FIR-filter `x` `[N, C, H, W]`; with zero `padding` the output keeps the input size."""
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [padx0 + fw // 2, padx1 + (fw - 1) // 2, pady0 + fh // 2, pady1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl="cuda"):
+    """Upsample `x` `[N, C, H, W]` by `up` and filter; `padding` is relative to the output."""
+    upx, upy = _parse_scaling(up)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [
+        padx0 + (fw + upx - 1) // 2,
+        padx1 + (fw - upx) // 2,
+        pady0 + (fh + upy - 1) // 2,
+        pady1 + (fh - upy) // 2,
+    ]
+    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+
+
+def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl="cuda"):
+    """Filter and downsample `x` `[N, C, H, W]` by `down`; `padding` is relative to the input."""
+    downx, downy = _parse_scaling(down)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _get_filter_size(f)
+    p = [
+        padx0 + (fw - downx + 1) // 2,
+        padx1 + (fw - downx) // 2,
+        pady0 + (fh - downy + 1) // 2,
+        pady1 + (fh - downy) // 2,
+    ]
+    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
