@@ -1,0 +1,890 @@
+"""Generator and discriminator networks of StyleGAN2-ADA.
+
+Every class is a persistent class (`torch_utils.persistence`): pickles carry this module's source, so snapshots keep
+working when the file changes. State-dict names, registration order and the order of the random initial draws are
+part of the contract with existing snapshots and must not change.
+"""
+
+import numpy as np
+import torch
+
+from torch_utils import misc, persistence
+from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
+
+# Low-pass FIR filter used for every up/down-sampling step (made 2-D by `setup_filter`).
+DEFAULT_RESAMPLE_FILTER = (1, 3, 3, 1)
+# Gain applied to both branches of a residual block so that their sum keeps unit variance.
+RESIDUAL_GAIN = np.sqrt(0.5)
+ARCHITECTURES = ("orig", "skip", "resnet")
+NOISE_MODES = ("random", "const", "none")
+
+
+def _memory_format(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Functional helpers
+
+
+@misc.profiled_function
+def normalize_2nd_moment(x, dim=1, eps=1e-8):
+    """Scale `x` so that the mean of its squares along `dim` is 1 (x: [N, F] -> [N, F])."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+@misc.profiled_function
+def modulated_conv2d(
+    x,
+    weight,
+    styles,
+    noise=None,
+    up=1,
+    down=1,
+    padding=0,
+    resample_filter=None,
+    demodulate=True,
+    flip_weight=True,
+    fused_modconv=True,
+):
+    """Style-modulated (and optionally demodulated) convolution.
+
+    x: [N, I, H, W]; weight: [O, I, kh, kw]; styles: [N, I]; noise broadcastable to the output [N, O, H', W'].
+    The fused path runs one grouped convolution with per-sample weights; the non-fused path scales activations
+    instead. Both are mathematically identical.
+    """
+    batch_size = x.shape[0]
+    out_channels, in_channels, kh, kw = weight.shape
+    misc.assert_shape(weight, [out_channels, in_channels, kh, kw])
+    misc.assert_shape(x, [batch_size, in_channels, None, None])
+    misc.assert_shape(styles, [batch_size, in_channels])
+
+    # Keep the fp16 activations in range; demodulation cancels these factors (up to rounding and epsilon).
+    if x.dtype == torch.float16 and demodulate:
+        weight_scale = 1 / np.sqrt(in_channels * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True)
+        weight = weight * weight_scale
+        styles = styles / styles.abs().amax(dim=1, keepdim=True)
+
+    w = None
+    dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # [N, O, I, kh, kw]
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+    if demodulate and fused_modconv:
+        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+
+    if not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
+        x = conv2d_resample.conv2d_resample(
+            x=x,
+            w=weight.to(x.dtype),
+            f=resample_filter,
+            up=up,
+            down=down,
+            padding=padding,
+            flip_weight=flip_weight,
+        )
+        if demodulate and noise is not None:
+            x = fma.fma(x, dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1), noise.to(x.dtype))
+        elif demodulate:
+            x = x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
+        elif noise is not None:
+            x = x + noise.to(x.dtype)
+        return x
+
+    # Fused path: fold the batch into the channel axis and convolve with one weight group per sample.
+    with misc.suppress_tracer_warnings():
+        batch_size = int(batch_size)
+    misc.assert_shape(x, [batch_size, in_channels, None, None])
+    x = x.reshape(1, -1, *x.shape[2:])
+    w = w.reshape(-1, in_channels, kh, kw)
+    x = conv2d_resample.conv2d_resample(
+        x=x,
+        w=w.to(x.dtype),
+        f=resample_filter,
+        up=up,
+        down=down,
+        padding=padding,
+        groups=batch_size,
+        flip_weight=flip_weight,
+    )
+    x = x.reshape(batch_size, -1, *x.shape[2:])
+    if noise is not None:
+        x = x.add_(noise)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+@persistence.persistent_class
+class FullyConnectedLayer(torch.nn.Module):
+    """Dense layer with equalised learning rate: [N, in_features] -> [N, out_features]."""
+
+    def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1, bias_init=0):
+        super().__init__()
+        self.activation = activation
+        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = torch.nn.Parameter(torch.full([out_features], np.float32(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / np.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x):
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+            if self.bias_gain != 1:
+                b = b * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        x = x.matmul(w.t())
+        return bias_act.bias_act(x, b, act=self.activation)
+
+    def extra_repr(self):
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, activation={self.activation}"
+
+
+@persistence.persistent_class
+class Conv2dLayer(torch.nn.Module):
+    """Convolution with equalised learning rate, optional FIR up/down-sampling, bias, activation and clamp.
+
+    [N, in_channels, H, W] -> [N, out_channels, H*up/down, W*up/down].
+    `trainable=False` keeps `weight`/`bias` as buffers under the same names (Freeze-D).
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        bias=True,
+        activation="linear",
+        up=1,
+        down=1,
+        resample_filter=DEFAULT_RESAMPLE_FILTER,
+        conv_clamp=None,
+        channels_last=False,
+        trainable=True,
+    ):
+        super().__init__()
+        self.activation = activation
+        self.up = up
+        self.down = down
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size**2))
+        self.act_gain = bias_act.activation_funcs[activation].def_gain
+
+        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        weight = weight.to(memory_format=_memory_format(channels_last))
+        bias = torch.zeros([out_channels]) if bias else None
+        if trainable:
+            self.weight = torch.nn.Parameter(weight)
+            self.bias = torch.nn.Parameter(bias) if bias is not None else None
+        else:
+            self.register_buffer("weight", weight)
+            if bias is not None:
+                self.register_buffer("bias", bias)
+            else:
+                self.bias = None
+
+    def forward(self, x, gain=1):
+        w = self.weight * self.weight_gain
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        # Cross-correlation when not upsampling, true convolution (via transposed conv) when upsampling: this is
+        # how existing weights were trained, so it is part of the format.
+        x = conv2d_resample.conv2d_resample(
+            x=x,
+            w=w.to(x.dtype),
+            f=self.resample_filter,
+            up=self.up,
+            down=self.down,
+            padding=self.padding,
+            flip_weight=(self.up == 1),
+        )
+        act_gain = self.act_gain * gain
+        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act.bias_act(x, b, act=self.activation, gain=act_gain, clamp=act_clamp)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Generator
+
+
+@persistence.persistent_class
+class MappingNetwork(torch.nn.Module):
+    """Maps latents z [N, z_dim] and labels c [N, c_dim] to W: [N, num_ws, w_dim] (or [N, w_dim] if num_ws is None).
+
+    Tracks the running mean of W in the `w_avg` buffer (training mode only) for the truncation trick.
+    """
+
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        num_ws,
+        num_layers=8,
+        embed_features=None,
+        layer_features=None,
+        activation="lrelu",
+        lr_multiplier=0.01,
+        w_avg_beta=0.995,
+    ):
+        super().__init__()
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.w_dim = w_dim
+        self.num_ws = num_ws
+        self.num_layers = num_layers
+        self.w_avg_beta = w_avg_beta
+
+        if embed_features is None:
+            embed_features = w_dim
+        if c_dim == 0:
+            embed_features = 0
+        if layer_features is None:
+            layer_features = w_dim
+        features_list = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, embed_features)
+        for idx in range(num_layers):
+            layer = FullyConnectedLayer(
+                features_list[idx],
+                features_list[idx + 1],
+                activation=activation,
+                lr_multiplier=lr_multiplier,
+            )
+            setattr(self, f"fc{idx}", layer)
+
+        if num_ws is not None and w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, skip_w_avg_update=False):
+        x = None
+        if self.z_dim > 0:
+            misc.assert_shape(z, [None, self.z_dim])
+            x = normalize_2nd_moment(z.to(torch.float32))
+        if self.c_dim > 0:
+            misc.assert_shape(c, [None, self.c_dim])
+            y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
+            x = torch.cat([x, y], dim=1) if x is not None else y
+
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+
+        if self.w_avg_beta is not None and self.training and not skip_w_avg_update:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+
+        if self.num_ws is not None:
+            x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
+
+        if truncation_psi != 1:
+            assert self.w_avg_beta is not None, "MappingNetwork: truncation needs w_avg tracking (w_avg_beta is None)"
+            if self.num_ws is None or truncation_cutoff is None:
+                x = self.w_avg.lerp(x, truncation_psi)
+            else:
+                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+        return x
+
+
+@persistence.persistent_class
+class SynthesisLayer(torch.nn.Module):
+    """Modulated 3x3 convolution with per-pixel noise, bias and activation.
+
+    x: [N, in_channels, resolution/up, resolution/up], w: [N, w_dim] -> [N, out_channels, resolution, resolution].
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        w_dim,
+        resolution,
+        kernel_size=3,
+        up=1,
+        use_noise=True,
+        activation="lrelu",
+        resample_filter=DEFAULT_RESAMPLE_FILTER,
+        conv_clamp=None,
+        channels_last=False,
+    ):
+        super().__init__()
+        self.resolution = resolution
+        self.up = up
+        self.use_noise = use_noise
+        self.activation = activation
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
+        self.padding = kernel_size // 2
+        self.act_gain = bias_act.activation_funcs[activation].def_gain
+
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        self.weight = torch.nn.Parameter(weight.to(memory_format=_memory_format(channels_last)))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+            self.noise_strength = torch.nn.Parameter(torch.zeros([]))
+        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
+
+    def forward(self, x, w, noise_mode="random", fused_modconv=True, gain=1):
+        assert noise_mode in NOISE_MODES, f"SynthesisLayer: noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}"
+        in_resolution = self.resolution // self.up
+        misc.assert_shape(x, [None, self.weight.shape[1], in_resolution, in_resolution])
+        styles = self.affine(w)
+
+        noise = None
+        if self.use_noise and noise_mode == "random":
+            noise_shape = [x.shape[0], 1, self.resolution, self.resolution]
+            noise = torch.randn(noise_shape, device=x.device) * self.noise_strength
+        if self.use_noise and noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+
+        x = modulated_conv2d(
+            x=x,
+            weight=self.weight,
+            styles=styles,
+            noise=noise,
+            up=self.up,
+            padding=self.padding,
+            resample_filter=self.resample_filter,
+            flip_weight=(self.up == 1),
+            fused_modconv=fused_modconv,
+        )
+        act_gain = self.act_gain * gain
+        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
+
+
+@persistence.persistent_class
+class ToRGBLayer(torch.nn.Module):
+    """Modulated 1x1 convolution without demodulation: [N, in_channels, H, W] -> [N, out_channels, H, W]."""
+
+    def __init__(self, in_channels, out_channels, w_dim, kernel_size=1, conv_clamp=None, channels_last=False):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        self.weight = torch.nn.Parameter(weight.to(memory_format=_memory_format(channels_last)))
+        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size**2))
+
+    def forward(self, x, w, fused_modconv=True):
+        # Without demodulation the equalised-learning-rate gain has to be applied explicitly (to the styles).
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, demodulate=False, fused_modconv=fused_modconv)
+        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+
+
+@persistence.persistent_class
+class SynthesisBlock(torch.nn.Module):
+    """One resolution level of the synthesis network.
+
+    forward(x [N, in_channels, R/2, R/2] or None, img [N, img_channels, R/2, R/2] or None,
+    ws [N, num_conv + num_torgb, w_dim]) -> (x [N, out_channels, R, R], img [N, img_channels, R, R] float32 or None).
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        w_dim,
+        resolution,
+        img_channels,
+        is_last,
+        architecture="skip",
+        resample_filter=DEFAULT_RESAMPLE_FILTER,
+        conv_clamp=None,
+        use_fp16=False,
+        fp16_channels_last=False,
+        **layer_kwargs,
+    ):
+        assert architecture in ARCHITECTURES, f"SynthesisBlock: architecture must be one of {ARCHITECTURES}"
+        super().__init__()
+        self.in_channels = in_channels
+        self.w_dim = w_dim
+        self.resolution = resolution
+        self.img_channels = img_channels
+        self.is_last = is_last
+        self.architecture = architecture
+        self.use_fp16 = use_fp16
+        self.channels_last = use_fp16 and fp16_channels_last
+        self.num_conv = 0
+        self.num_torgb = 0
+        self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
+
+        if in_channels == 0:
+            self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(
+                in_channels,
+                out_channels,
+                w_dim=w_dim,
+                resolution=resolution,
+                up=2,
+                resample_filter=resample_filter,
+                conv_clamp=conv_clamp,
+                channels_last=self.channels_last,
+                **layer_kwargs,
+            )
+            self.num_conv += 1
+
+        # conv1 deliberately keeps the default filter (it never resamples, but the buffer is part of the format).
+        self.conv1 = SynthesisLayer(
+            out_channels,
+            out_channels,
+            w_dim=w_dim,
+            resolution=resolution,
+            conv_clamp=conv_clamp,
+            channels_last=self.channels_last,
+            **layer_kwargs,
+        )
+        self.num_conv += 1
+
+        if is_last or architecture == "skip":
+            self.torgb = ToRGBLayer(
+                out_channels,
+                img_channels,
+                w_dim=w_dim,
+                conv_clamp=conv_clamp,
+                channels_last=self.channels_last,
+            )
+            self.num_torgb += 1
+
+        if in_channels != 0 and architecture == "resnet":
+            self.skip = Conv2dLayer(
+                in_channels,
+                out_channels,
+                kernel_size=1,
+                bias=False,
+                up=2,
+                resample_filter=resample_filter,
+                channels_last=self.channels_last,
+            )
+
+    def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, **layer_kwargs):
+        misc.assert_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim])
+        w_iter = iter(ws.unbind(dim=1))
+        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+        memory_format = _memory_format(self.channels_last and not force_fp32)
+        if fused_modconv is None:
+            # Short-circuit order matters: the first block has x = None but is never fp16.
+            with misc.suppress_tracer_warnings():
+                fused_modconv = (not self.training) and (dtype == torch.float32 or int(x.shape[0]) == 1)
+
+        if self.in_channels == 0:
+            x = self.const.to(dtype=dtype, memory_format=memory_format)
+            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+        else:
+            misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
+            x = x.to(dtype=dtype, memory_format=memory_format)
+
+        if self.in_channels == 0:
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+        elif self.architecture == "resnet":
+            y = self.skip(x, gain=RESIDUAL_GAIN)
+            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=RESIDUAL_GAIN, **layer_kwargs)
+            x = y + x
+        else:
+            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+
+        if img is not None:
+            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
+            img = upfirdn2d.upsample2d(img, self.resample_filter)
+        if self.is_last or self.architecture == "skip":
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
+            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            img = img + y if img is not None else y
+
+        assert x.dtype == dtype
+        assert img is None or img.dtype == torch.float32
+        return x, img
+
+
+@persistence.persistent_class
+class SynthesisNetwork(torch.nn.Module):
+    """Maps ws [N, num_ws, w_dim] to images [N, img_channels, img_resolution, img_resolution] (float32)."""
+
+    def __init__(
+        self,
+        w_dim,
+        img_resolution,
+        img_channels,
+        channel_base=32768,
+        channel_max=512,
+        num_fp16_res=0,
+        **block_kwargs,
+    ):
+        assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0, (
+            f"SynthesisNetwork: img_resolution must be a power of two >= 4, got {img_resolution}"
+        )
+        super().__init__()
+        self.w_dim = w_dim
+        self.img_resolution = img_resolution
+        self.img_resolution_log2 = int(np.log2(img_resolution))
+        self.img_channels = img_channels
+        self.block_resolutions = [2**i for i in range(2, self.img_resolution_log2 + 1)]
+        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
+        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
+
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            is_last = res == self.img_resolution
+            block = SynthesisBlock(
+                channels[res // 2] if res > 4 else 0,
+                channels[res],
+                w_dim=w_dim,
+                resolution=res,
+                img_channels=img_channels,
+                is_last=is_last,
+                use_fp16=(res >= fp16_resolution),
+                **block_kwargs,
+            )
+            self.num_ws += block.num_conv
+            if is_last:
+                self.num_ws += block.num_torgb
+            setattr(self, f"b{res}", block)
+
+    def forward(self, ws, **block_kwargs):
+        misc.assert_shape(ws, [None, self.num_ws, self.w_dim])
+        ws = ws.to(torch.float32)
+        # Consecutive blocks overlap by one w: a block's torgb shares its w with the next block's conv0.
+        block_ws = []
+        w_idx = 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block_ws.append(ws.narrow(1, w_idx, block.num_conv + block.num_torgb))
+            w_idx += block.num_conv
+
+        x = img = None
+        for res, cur_ws in zip(self.block_resolutions, block_ws):
+            x, img = getattr(self, f"b{res}")(x, img, cur_ws, **block_kwargs)
+        return img
+
+
+@persistence.persistent_class
+class Generator(torch.nn.Module):
+    """z [N, z_dim], c [N, c_dim] -> images [N, img_channels, img_resolution, img_resolution]."""
+
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, synthesis_kwargs=None):
+        super().__init__()
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.w_dim = w_dim
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        # The synthesis network is built first: this fixes both the state-dict order and the RNG consumption order.
+        self.synthesis = SynthesisNetwork(
+            w_dim=w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            **(synthesis_kwargs or {}),
+        )
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(
+            z_dim=z_dim,
+            c_dim=c_dim,
+            w_dim=w_dim,
+            num_ws=self.num_ws,
+            **(mapping_kwargs or {}),
+        )
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, **synthesis_kwargs):
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, **synthesis_kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Discriminator
+
+
+@persistence.persistent_class
+class DiscriminatorBlock(torch.nn.Module):
+    """One resolution level of the discriminator.
+
+    forward(x [N, in_channels, R, R] or None, img [N, img_channels, R, R] or None)
+    -> (x [N, out_channels, R/2, R/2], img [N, img_channels, R/2, R/2] for 'skip', else None).
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        tmp_channels,
+        out_channels,
+        resolution,
+        img_channels,
+        first_layer_idx,
+        architecture="resnet",
+        activation="lrelu",
+        resample_filter=DEFAULT_RESAMPLE_FILTER,
+        conv_clamp=None,
+        use_fp16=False,
+        fp16_channels_last=False,
+        freeze_layers=0,
+    ):
+        assert in_channels in (0, tmp_channels), (
+            f"DiscriminatorBlock: in_channels must be 0 or tmp_channels ({tmp_channels}), got {in_channels}"
+        )
+        assert architecture in ARCHITECTURES, f"DiscriminatorBlock: architecture must be one of {ARCHITECTURES}"
+        super().__init__()
+        self.in_channels = in_channels
+        self.resolution = resolution
+        self.img_channels = img_channels
+        self.first_layer_idx = first_layer_idx
+        self.architecture = architecture
+        self.use_fp16 = use_fp16
+        self.channels_last = use_fp16 and fp16_channels_last
+        self.num_layers = 0
+        self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
+
+        def next_layer_trainable():
+            # Freeze-D: layers are numbered globally from the highest resolution; the first `freeze_layers` freeze.
+            trainable = self.first_layer_idx + self.num_layers >= freeze_layers
+            self.num_layers += 1
+            return trainable
+
+        if in_channels == 0 or architecture == "skip":
+            self.fromrgb = Conv2dLayer(
+                img_channels,
+                tmp_channels,
+                kernel_size=1,
+                activation=activation,
+                conv_clamp=conv_clamp,
+                channels_last=self.channels_last,
+                trainable=next_layer_trainable(),
+            )
+        self.conv0 = Conv2dLayer(
+            tmp_channels,
+            tmp_channels,
+            kernel_size=3,
+            activation=activation,
+            conv_clamp=conv_clamp,
+            channels_last=self.channels_last,
+            trainable=next_layer_trainable(),
+        )
+        self.conv1 = Conv2dLayer(
+            tmp_channels,
+            out_channels,
+            kernel_size=3,
+            activation=activation,
+            down=2,
+            resample_filter=resample_filter,
+            conv_clamp=conv_clamp,
+            channels_last=self.channels_last,
+            trainable=next_layer_trainable(),
+        )
+        if architecture == "resnet":
+            self.skip = Conv2dLayer(
+                tmp_channels,
+                out_channels,
+                kernel_size=1,
+                bias=False,
+                down=2,
+                resample_filter=resample_filter,
+                channels_last=self.channels_last,
+                trainable=next_layer_trainable(),
+            )
+
+    def forward(self, x, img, force_fp32=False):
+        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+        memory_format = _memory_format(self.channels_last and not force_fp32)
+
+        if x is not None:
+            misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
+            x = x.to(dtype=dtype, memory_format=memory_format)
+
+        if self.in_channels == 0 or self.architecture == "skip":
+            misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
+            img = img.to(dtype=dtype, memory_format=memory_format)
+            y = self.fromrgb(img)
+            x = x + y if x is not None else y
+            img = upfirdn2d.downsample2d(img, self.resample_filter) if self.architecture == "skip" else None
+
+        if self.architecture == "resnet":
+            y = self.skip(x, gain=RESIDUAL_GAIN)
+            x = self.conv0(x)
+            x = self.conv1(x, gain=RESIDUAL_GAIN)
+            x = y + x
+        else:
+            x = self.conv0(x)
+            x = self.conv1(x)
+
+        assert x.dtype == dtype
+        return x, img
+
+
+@persistence.persistent_class
+class MinibatchStdLayer(torch.nn.Module):
+    """Appends per-group feature standard deviations: [N, C, H, W] -> [N, C + num_channels, H, W].
+
+    Sample s belongs to group s mod (N / G), i.e. groups are formed with stride N / G.
+    """
+
+    def __init__(self, group_size, num_channels=1):
+        super().__init__()
+        self.group_size = group_size
+        self.num_channels = num_channels
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        with misc.suppress_tracer_warnings():
+            g = min(self.group_size, int(n)) if self.group_size is not None else int(n)
+        f = self.num_channels
+        y = x.reshape(g, -1, f, c // f, h, w)  # [G, n/G, F, C/F, H, W]
+        y = y - y.mean(dim=0)
+        y = y.square().mean(dim=0)  # biased variance over the group
+        y = (y + 1e-8).sqrt()
+        y = y.mean(dim=[2, 3, 4])  # [n/G, F]
+        y = y.reshape(-1, f, 1, 1)
+        y = y.repeat(g, 1, h, w)  # [N, F, H, W]
+        return torch.cat([x, y], dim=1)
+
+    def extra_repr(self):
+        return f"group_size={self.group_size}, num_channels={self.num_channels}"
+
+
+@persistence.persistent_class
+class DiscriminatorEpilogue(torch.nn.Module):
+    """Final 4x4 stage: x [N, in_channels, R, R] (+ img for 'skip', cmap [N, cmap_dim]) -> logits [N, 1] float32."""
+
+    def __init__(
+        self,
+        in_channels,
+        cmap_dim,
+        resolution,
+        img_channels,
+        architecture="resnet",
+        mbstd_group_size=4,
+        mbstd_num_channels=1,
+        activation="lrelu",
+        conv_clamp=None,
+    ):
+        assert architecture in ARCHITECTURES, f"DiscriminatorEpilogue: architecture must be one of {ARCHITECTURES}"
+        super().__init__()
+        self.in_channels = in_channels
+        self.cmap_dim = cmap_dim
+        self.resolution = resolution
+        self.img_channels = img_channels
+        self.architecture = architecture
+
+        if architecture == "skip":
+            self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation)
+        self.mbstd = (
+            MinibatchStdLayer(group_size=mbstd_group_size, num_channels=mbstd_num_channels)
+            if mbstd_num_channels > 0
+            else None
+        )
+        self.conv = Conv2dLayer(
+            in_channels + mbstd_num_channels,
+            in_channels,
+            kernel_size=3,
+            activation=activation,
+            conv_clamp=conv_clamp,
+        )
+        self.fc = FullyConnectedLayer(in_channels * (resolution**2), in_channels, activation=activation)
+        self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
+
+    def forward(self, x, img, cmap, force_fp32=False):
+        misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
+        x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+
+        if self.architecture == "skip":
+            misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
+            img = img.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            x = x + self.fromrgb(img)
+
+        if self.mbstd is not None:
+            x = self.mbstd(x)
+        x = self.conv(x)
+        x = self.fc(x.flatten(1))
+        x = self.out(x)
+
+        # Conditioning: project the output onto the label embedding.
+        if self.cmap_dim > 0:
+            misc.assert_shape(cmap, [None, self.cmap_dim])
+            x = (x * cmap).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
+
+        assert x.dtype == torch.float32
+        return x
+
+
+@persistence.persistent_class
+class Discriminator(torch.nn.Module):
+    """img [N, img_channels, img_resolution, img_resolution], c [N, c_dim] -> logits [N, 1] float32."""
+
+    def __init__(
+        self,
+        c_dim,
+        img_resolution,
+        img_channels,
+        architecture="resnet",
+        channel_base=32768,
+        channel_max=512,
+        num_fp16_res=0,
+        conv_clamp=None,
+        cmap_dim=None,
+        block_kwargs=None,
+        mapping_kwargs=None,
+        epilogue_kwargs=None,
+    ):
+        super().__init__()
+        self.c_dim = c_dim
+        self.img_resolution = img_resolution
+        self.img_resolution_log2 = int(np.log2(img_resolution))
+        self.img_channels = img_channels
+        self.block_resolutions = [2**i for i in range(self.img_resolution_log2, 2, -1)]
+        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions + [4]}
+        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
+
+        if cmap_dim is None:
+            cmap_dim = channels[4]
+        if c_dim == 0:
+            cmap_dim = 0
+
+        common_kwargs = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
+        cur_layer_idx = 0
+        for res in self.block_resolutions:
+            block = DiscriminatorBlock(
+                channels[res] if res < img_resolution else 0,
+                channels[res],
+                channels[res // 2],
+                resolution=res,
+                first_layer_idx=cur_layer_idx,
+                use_fp16=(res >= fp16_resolution),
+                **(block_kwargs or {}),
+                **common_kwargs,
+            )
+            setattr(self, f"b{res}", block)
+            cur_layer_idx += block.num_layers
+
+        if c_dim > 0:
+            self.mapping = MappingNetwork(
+                z_dim=0,
+                c_dim=c_dim,
+                w_dim=cmap_dim,
+                num_ws=None,
+                w_avg_beta=None,
+                **(mapping_kwargs or {}),
+            )
+        self.b4 = DiscriminatorEpilogue(
+            channels[4],
+            cmap_dim=cmap_dim,
+            resolution=4,
+            **(epilogue_kwargs or {}),
+            **common_kwargs,
+        )
+
+    def forward(self, img, c, **block_kwargs):
+        x = None
+        for res in self.block_resolutions:
+            x, img = getattr(self, f"b{res}")(x, img, **block_kwargs)
+
+        cmap = self.mapping(None, c) if self.c_dim > 0 else None
+        return self.b4(x, img, cmap)
