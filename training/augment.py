@@ -1,0 +1,547 @@
+"""Adaptive discriminator augmentation (ADA) pipeline: `AugmentPipe` and the `train.py` presets.
+
+The pipe applies a random, per-sample chain of geometric, colour, filtering and corruption transforms to a batch of
+images. Every step is differentiable with respect to the images (the R1 penalty differentiates through it twice).
+Seeded calls reproduce the reference exactly because the random draws are made with the same functions, shapes and
+order (spec training.md §2.5); see `AugmentPipe.forward` for the stage order.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_utils import misc, persistence
+from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix, upfirdn2d
+
+# ----------------------------------------------------------------------------
+# Wavelet low-pass filters (float64 source values). sym6 drives the geometric resampling, sym2 the filter bank.
+
+SYM6 = [
+    0.015404109327027373,
+    0.0034907120842174702,
+    -0.11799011114819057,
+    -0.048311742585633,
+    0.4910559419267466,
+    0.787641141030194,
+    0.3379294217276218,
+    -0.07263752278646252,
+    -0.021060292512300564,
+    0.04472490177066578,
+    0.0017677118642428036,
+    -0.007800708325034148,
+]
+SYM2 = [-0.12940952255092145, 0.22414386804185735, 0.836516303737469, 0.48296291314469025]
+
+FBANK_LEVELS = 3  # Dyadic levels of the image-space filter bank -> 4 bands of 43 taps.
+FBANK_EXPECTED_POWER = [10, 1, 1, 1]  # Assumed power spectrum of natural images per band (normalised by 13).
+
+# Names of the probability multipliers, in the canonical order used by presets and training_options.json.
+TRANSFORM_NAMES = [
+    "xflip",
+    "rotate90",
+    "xint",
+    "scale",
+    "rotate",
+    "aniso",
+    "xfrac",
+    "brightness",
+    "contrast",
+    "lumaflip",
+    "hue",
+    "saturation",
+    "imgfilter",
+    "noise",
+    "cutout",
+]
+
+_PRESET_GROUPS = {
+    "blit": ["xflip", "rotate90", "xint"],
+    "geom": ["scale", "rotate", "aniso", "xfrac"],
+    "color": ["brightness", "contrast", "lumaflip", "hue", "saturation"],
+    "filter": ["imgfilter"],
+    "noise": ["noise"],
+    "cutout": ["cutout"],
+}
+_PRESET_RECIPES = {
+    "blit": ["blit"],
+    "geom": ["geom"],
+    "color": ["color"],
+    "filter": ["filter"],
+    "noise": ["noise"],
+    "cutout": ["cutout"],
+    "bg": ["blit", "geom"],
+    "bgc": ["blit", "geom", "color"],
+    "bgcf": ["blit", "geom", "color", "filter"],
+    "bgcfn": ["blit", "geom", "color", "filter", "noise"],
+    "bgcfnc": ["blit", "geom", "color", "filter", "noise", "cutout"],
+}
+
+
+def _preset_kwargs(groups: list[str]) -> dict:
+    enabled = {name for group in groups for name in _PRESET_GROUPS[group]}
+    return {name: 1 for name in TRANSFORM_NAMES if name in enabled}
+
+
+# `--augpipe` presets of train.py (spec training.md §2.11): constructor kwargs, keys in canonical order.
+AUGPIPE_SPECS = {name: _preset_kwargs(groups) for name, groups in _PRESET_RECIPES.items()}
+
+# ----------------------------------------------------------------------------
+# Filter construction.
+
+
+def build_filter_bank() -> np.ndarray:
+    """Build the image-space filter bank `Hz_fbank` as float32 [4, 43] (spec training.md §2.2).
+
+    Row 0 is a low-pass filter, rows 1-3 are band-pass filters of decreasing frequency; the float64 construction is
+    kept (rather than a table of values) so that the tiny residues match the reference bit for bit.
+    """
+    h_lo = np.asarray(SYM2, dtype=np.float64)
+    h_hi = h_lo * ((-1.0) ** np.arange(h_lo.size))
+    a_lo = np.convolve(h_lo, h_lo[::-1]) / 2
+    a_hi = np.convolve(h_hi, h_hi[::-1]) / 2
+    bank = np.zeros([FBANK_LEVELS + 1, 1], dtype=np.float64)
+    bank[0, 0] = 1
+    for level in range(1, FBANK_LEVELS + 1):
+        stuffed = np.zeros([bank.shape[0], bank.shape[1] * 2 - 1], dtype=np.float64)
+        stuffed[:, ::2] = bank
+        bank = np.stack([np.convolve(row, a_lo) for row in stuffed])
+        start = (bank.shape[1] - a_hi.size) // 2
+        bank[level, start : start + a_hi.size] += a_hi
+    return bank.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Homogeneous matrix helpers (spec training.md §2.3). Entries are Python numbers or tensors of one common shape S;
+# the result has shape S + [rows, cols] and is float32.
+
+
+def _matrix(*rows, device=None) -> torch.Tensor:
+    entries = [entry for row in rows for entry in row]
+    tensors = [entry for entry in entries if isinstance(entry, torch.Tensor)]
+    if not tensors:
+        return misc.constant(np.asarray(rows), device=device)
+    shape = tensors[0].shape
+    assert all(t.shape == shape for t in tensors), "augment._matrix: tensor entries must share one shape"
+    entries = [
+        entry if isinstance(entry, torch.Tensor) else misc.constant(entry, shape=shape, device=tensors[0].device)
+        for entry in entries
+    ]
+    return torch.stack(entries, dim=-1).reshape(shape + (len(rows), -1))
+
+
+def translate2d(tx, ty, device=None) -> torch.Tensor:
+    return _matrix([1, 0, tx], [0, 1, ty], [0, 0, 1], device=device)
+
+
+def scale2d(sx, sy, device=None) -> torch.Tensor:
+    return _matrix([sx, 0, 0], [0, sy, 0], [0, 0, 1], device=device)
+
+
+def rotate2d(theta, device=None) -> torch.Tensor:
+    return _matrix(
+        [torch.cos(theta), torch.sin(-theta), 0],
+        [torch.sin(theta), torch.cos(theta), 0],
+        [0, 0, 1],
+        device=device,
+    )
+
+
+def translate2d_inv(tx, ty, device=None) -> torch.Tensor:
+    return translate2d(-tx, -ty, device=device)
+
+
+def scale2d_inv(sx, sy, device=None) -> torch.Tensor:
+    return scale2d(1 / sx, 1 / sy, device=device)
+
+
+def rotate2d_inv(theta, device=None) -> torch.Tensor:
+    return rotate2d(-theta, device=device)
+
+
+def translate3d(tx, ty, tz, device=None) -> torch.Tensor:
+    return _matrix([1, 0, 0, tx], [0, 1, 0, ty], [0, 0, 1, tz], [0, 0, 0, 1], device=device)
+
+
+def scale3d(sx, sy, sz, device=None) -> torch.Tensor:
+    return _matrix([sx, 0, 0, 0], [0, sy, 0, 0], [0, 0, sz, 0], [0, 0, 0, 1], device=device)
+
+
+def rotate3d(v, theta, device=None) -> torch.Tensor:
+    """Rotation by `theta` about the unit axis `v` ([4] or [3] tensor; only the first three entries are used)."""
+    vx, vy, vz = v[..., 0], v[..., 1], v[..., 2]
+    s = torch.sin(theta)
+    c = torch.cos(theta)
+    cc = 1 - c
+    return _matrix(
+        [vx * vx * cc + c, vx * vy * cc - vz * s, vx * vz * cc + vy * s, 0],
+        [vy * vx * cc + vz * s, vy * vy * cc + c, vy * vz * cc - vx * s, 0],
+        [vz * vx * cc - vy * s, vz * vy * cc + vx * s, vz * vz * cc + c, 0],
+        [0, 0, 0, 1],
+        device=device,
+    )
+
+
+# ----------------------------------------------------------------------------
+
+
+def _forced(like: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`like`-shaped tensor filled with the 0-d `value` (debug_percentile override)."""
+    return value.to(like.dtype).expand(like.shape).clone()
+
+
+def _gate(value: torch.Tensor, keep: torch.Tensor, neutral: float) -> torch.Tensor:
+    """Keep `value` where `keep` is true, else the transform's neutral value."""
+    return torch.where(keep, value, torch.full_like(value, neutral))
+
+
+@persistence.persistent_class
+class AugmentPipe(torch.nn.Module):
+    """ADA augmentation pipeline.
+
+    Each `<transform>` argument is a probability multiplier (the per-sample probability is multiplier * p, and the
+    transform is enabled when it is > 0); the remaining arguments set the transforms' strengths. See spec
+    training.md §2.1 for the table of arguments.
+    """
+
+    def __init__(
+        self,
+        xflip=0,
+        rotate90=0,
+        xint=0,
+        xint_max=0.125,
+        scale=0,
+        rotate=0,
+        aniso=0,
+        xfrac=0,
+        scale_std=0.2,
+        rotate_max=1,
+        aniso_std=0.2,
+        xfrac_std=0.125,
+        brightness=0,
+        contrast=0,
+        lumaflip=0,
+        hue=0,
+        saturation=0,
+        brightness_std=0.2,
+        contrast_std=0.5,
+        hue_max=1,
+        saturation_std=1,
+        imgfilter=0,
+        imgfilter_bands=(1, 1, 1, 1),
+        imgfilter_std=1,
+        noise=0,
+        cutout=0,
+        noise_std=0.1,
+        cutout_size=0.5,
+    ):
+        super().__init__()
+        self.register_buffer("p", torch.ones([]))  # Overall augmentation probability, adjusted by ADA.
+
+        # Pixel blitting.
+        self.xflip = float(xflip)
+        self.rotate90 = float(rotate90)
+        self.xint = float(xint)
+        self.xint_max = float(xint_max)
+
+        # General geometric transformations.
+        self.scale = float(scale)
+        self.rotate = float(rotate)
+        self.aniso = float(aniso)
+        self.xfrac = float(xfrac)
+        self.scale_std = float(scale_std)
+        self.rotate_max = float(rotate_max)
+        self.aniso_std = float(aniso_std)
+        self.xfrac_std = float(xfrac_std)
+
+        # Colour transformations.
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+        self.lumaflip = float(lumaflip)
+        self.hue = float(hue)
+        self.saturation = float(saturation)
+        self.brightness_std = float(brightness_std)
+        self.contrast_std = float(contrast_std)
+        self.hue_max = float(hue_max)
+        self.saturation_std = float(saturation_std)
+
+        # Image-space filtering.
+        self.imgfilter = float(imgfilter)
+        self.imgfilter_bands = list(imgfilter_bands)
+        self.imgfilter_std = float(imgfilter_std)
+
+        # Image-space corruptions.
+        self.noise = float(noise)
+        self.cutout = float(cutout)
+        self.noise_std = float(noise_std)
+        self.cutout_size = float(cutout_size)
+
+        self.register_buffer("Hz_geom", upfirdn2d.setup_filter(SYM6))
+        self.register_buffer("Hz_fbank", torch.as_tensor(build_filter_bank()))
+        if len(self.imgfilter_bands) != self.Hz_fbank.shape[0]:
+            raise ValueError(
+                f"AugmentPipe: imgfilter_bands must have {self.Hz_fbank.shape[0]} entries, "
+                f"got {len(self.imgfilter_bands)}"
+            )
+
+    def forward(self, images: torch.Tensor, debug_percentile=None) -> torch.Tensor:
+        """Augment a batch.
+
+        images: [N, C, H, W] float tensor, values nominally in [-1, 1]; returns a tensor of the same shape.
+        debug_percentile: optional number in [0, 1] that replaces every sampled parameter by a deterministic value
+        (random numbers are still drawn so the generator advances exactly as without it).
+        """
+        assert isinstance(images, torch.Tensor) and images.ndim == 4, (
+            f"AugmentPipe: expected a 4-D [N, C, H, W] tensor, got {getattr(images, 'shape', type(images))}"
+        )
+        device = images.device
+        if debug_percentile is not None:
+            debug_percentile = torch.as_tensor(debug_percentile, dtype=torch.float32, device=device)
+
+        images = self._geometric(images, debug_percentile)
+        images = self._colour(images, debug_percentile)
+        if self.imgfilter > 0:
+            images = self._image_filter(images, debug_percentile)
+        if self.noise > 0:
+            images = self._additive_noise(images, debug_percentile)
+        if self.cutout > 0:
+            images = self._cutout(images, debug_percentile)
+        return images
+
+    # ------------------------------------------------------------------------
+    # Geometric transforms (spec training.md §2.6).
+
+    def _geometric(self, images: torch.Tensor, d) -> torch.Tensor:
+        batch_size, num_channels, height, width = images.shape
+        device = images.device
+
+        # G_inv maps output pixel coordinates to input pixel coordinates, so each transform contributes its inverse.
+        I_3 = torch.eye(3, device=device)
+        G_inv = I_3
+
+        if self.xflip > 0:
+            i = torch.floor(torch.rand([batch_size], device=device) * 2)
+            i = _gate(i, torch.rand([batch_size], device=device) < self.xflip * self.p, 0)
+            if d is not None:
+                i = _forced(i, torch.floor(d * 2))
+            G_inv = G_inv @ scale2d_inv(1 - 2 * i, 1)
+
+        if self.rotate90 > 0:
+            i = torch.floor(torch.rand([batch_size], device=device) * 4)
+            i = _gate(i, torch.rand([batch_size], device=device) < self.rotate90 * self.p, 0)
+            if d is not None:
+                i = _forced(i, torch.floor(d * 4))
+            G_inv = G_inv @ rotate2d_inv(-np.pi / 2 * i)
+
+        if self.xint > 0:
+            t = (torch.rand([batch_size, 2], device=device) * 2 - 1) * self.xint_max
+            t = _gate(t, torch.rand([batch_size, 1], device=device) < self.xint * self.p, 0)
+            if d is not None:
+                t = _forced(t, (d * 2 - 1) * self.xint_max)
+            G_inv = G_inv @ translate2d_inv(torch.round(t[:, 0] * width), torch.round(t[:, 1] * height))
+
+        if self.scale > 0:
+            s = torch.exp2(torch.randn([batch_size], device=device) * self.scale_std)
+            s = _gate(s, torch.rand([batch_size], device=device) < self.scale * self.p, 1)
+            if d is not None:
+                s = _forced(s, torch.exp2(torch.erfinv(d * 2 - 1) * self.scale_std))
+            G_inv = G_inv @ scale2d_inv(s, s)
+
+        # Split the rotation probability between a pre- and a post-rotation so that P(either) = rotate * p.
+        p_rot = 1 - torch.sqrt((1 - self.rotate * self.p).clamp(0, 1))
+        if self.rotate > 0:
+            theta = (torch.rand([batch_size], device=device) * 2 - 1) * np.pi * self.rotate_max
+            theta = _gate(theta, torch.rand([batch_size], device=device) < p_rot, 0)
+            if d is not None:
+                theta = _forced(theta, (d * 2 - 1) * np.pi * self.rotate_max)
+            G_inv = G_inv @ rotate2d_inv(-theta)
+
+        if self.aniso > 0:
+            s = torch.exp2(torch.randn([batch_size], device=device) * self.aniso_std)
+            s = _gate(s, torch.rand([batch_size], device=device) < self.aniso * self.p, 1)
+            if d is not None:
+                s = _forced(s, torch.exp2(torch.erfinv(d * 2 - 1) * self.aniso_std))
+            G_inv = G_inv @ scale2d_inv(s, 1 / s)
+
+        if self.rotate > 0:
+            theta = (torch.rand([batch_size], device=device) * 2 - 1) * np.pi * self.rotate_max
+            theta = _gate(theta, torch.rand([batch_size], device=device) < p_rot, 0)
+            if d is not None:
+                theta = torch.zeros_like(theta)
+            G_inv = G_inv @ rotate2d_inv(-theta)
+
+        if self.xfrac > 0:
+            t = torch.randn([batch_size, 2], device=device) * self.xfrac_std
+            t = _gate(t, torch.rand([batch_size, 1], device=device) < self.xfrac * self.p, 0)
+            if d is not None:
+                t = _forced(t, torch.erfinv(d * 2 - 1) * self.xfrac_std)
+            G_inv = G_inv @ translate2d_inv(t[:, 0] * width, t[:, 1] * height)
+
+        # Execute whenever a geometric transform is enabled, even if every sample was gated off.
+        if G_inv is I_3:
+            return images
+        return self._resample(images, G_inv)
+
+    def _resample(self, images: torch.Tensor, G_inv: torch.Tensor) -> torch.Tensor:
+        """Apply the per-sample inverse matrix G_inv [N, 3, 3] at 2x oversampling with reflection padding."""
+        batch_size, num_channels, height, width = images.shape
+        device = images.device
+        Hz_pad = self.Hz_geom.shape[0] // 4
+
+        # One reflection padding for the whole batch, large enough for every sample's transformed corners.
+        cx = (width - 1) / 2
+        cy = (height - 1) / 2
+        corners = _matrix([-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1], device=device)  # [4, 3]
+        corners = G_inv @ corners.t()  # [N, 3, 4]
+        xy = corners[:, :2, :].permute(1, 0, 2).flatten(1)  # [2, N * 4]
+        margin = torch.cat([-xy, xy]).max(dim=1).values  # [4]: -x, -y, +x, +y
+        margin = margin + misc.constant([Hz_pad * 2 - cx, Hz_pad * 2 - cy] * 2, device=device)
+        margin = margin.max(misc.constant([0, 0] * 2, device=device))
+        margin = margin.min(misc.constant([width - 1, height - 1] * 2, device=device))
+        mx0, my0, mx1, my1 = (int(m) for m in margin.ceil().tolist())
+
+        images = F.pad(input=images, pad=[mx0, mx1, my0, my1], mode="reflect")
+        G_inv = translate2d((mx0 - mx1) / 2, (my0 - my1) / 2, device=device) @ G_inv
+
+        # Upsample 2x; pixel centres move, hence the half-pixel translation around the scaling.
+        images = upfirdn2d.upsample2d(x=images, f=self.Hz_geom, up=2)
+        G_inv = scale2d(2, 2, device=device) @ G_inv @ scale2d_inv(2, 2, device=device)
+        G_inv = translate2d(-0.5, -0.5, device=device) @ G_inv @ translate2d_inv(-0.5, -0.5, device=device)
+
+        # Resample into a 2x output that keeps Hz_pad extra pixels per side for the downsampling filter.
+        shape = [batch_size, num_channels, (height + Hz_pad * 2) * 2, (width + Hz_pad * 2) * 2]
+        G_inv = (
+            scale2d(2 / images.shape[3], 2 / images.shape[2], device=device)
+            @ G_inv
+            @ scale2d_inv(2 / shape[3], 2 / shape[2], device=device)
+        )
+        theta = G_inv[:, :2, :].to(images.dtype)
+        grid = F.affine_grid(theta=theta, size=shape, align_corners=False)
+        images = grid_sample_gradfix.grid_sample(images, grid)
+
+        images = upfirdn2d.downsample2d(x=images, f=self.Hz_geom, down=2, padding=-Hz_pad * 2, flip_filter=True)
+        return images
+
+    # ------------------------------------------------------------------------
+    # Colour transforms (spec training.md §2.7).
+
+    def _colour(self, images: torch.Tensor, d) -> torch.Tensor:
+        batch_size, num_channels, height, width = images.shape
+        device = images.device
+
+        I_4 = torch.eye(4, device=device)
+        C = I_4
+
+        if self.brightness > 0:
+            b = torch.randn([batch_size], device=device) * self.brightness_std
+            b = _gate(b, torch.rand([batch_size], device=device) < self.brightness * self.p, 0)
+            if d is not None:
+                b = _forced(b, torch.erfinv(d * 2 - 1) * self.brightness_std)
+            C = translate3d(b, b, b) @ C
+
+        if self.contrast > 0:
+            c = torch.exp2(torch.randn([batch_size], device=device) * self.contrast_std)
+            c = _gate(c, torch.rand([batch_size], device=device) < self.contrast * self.p, 1)
+            if d is not None:
+                c = _forced(c, torch.exp2(torch.erfinv(d * 2 - 1) * self.contrast_std))
+            C = scale3d(c, c, c) @ C
+
+        v = misc.constant(np.asarray([1, 1, 1, 0]) / np.sqrt(3), device=device)  # Luma axis.
+        vv = torch.outer(v, v)
+
+        if self.lumaflip > 0:
+            i = torch.floor(torch.rand([batch_size, 1, 1], device=device) * 2)
+            i = _gate(i, torch.rand([batch_size, 1, 1], device=device) < self.lumaflip * self.p, 0)
+            if d is not None:
+                i = _forced(i, torch.floor(d * 2))
+            C = (I_4 - 2 * vv * i) @ C  # Householder reflection about the luma plane.
+
+        if self.hue > 0 and num_channels > 1:
+            theta = (torch.rand([batch_size], device=device) * 2 - 1) * np.pi * self.hue_max
+            theta = _gate(theta, torch.rand([batch_size], device=device) < self.hue * self.p, 0)
+            if d is not None:
+                theta = _forced(theta, (d * 2 - 1) * np.pi * self.hue_max)
+            C = rotate3d(v, theta) @ C  # Rotate around the luma axis.
+
+        if self.saturation > 0 and num_channels > 1:
+            s = torch.exp2(torch.randn([batch_size, 1, 1], device=device) * self.saturation_std)
+            s = _gate(s, torch.rand([batch_size, 1, 1], device=device) < self.saturation * self.p, 1)
+            if d is not None:
+                s = _forced(s, torch.exp2(torch.erfinv(d * 2 - 1) * self.saturation_std))
+            C = (vv + (I_4 - vv) * s) @ C
+
+        if C is I_4:
+            return images
+        C = C.to(images.dtype)
+        images = images.reshape([batch_size, num_channels, height * width])
+        if num_channels == 3:
+            images = C[:, :3, :3] @ images + C[:, :3, 3:]
+        elif num_channels == 1:
+            C = C[:, :3, :].mean(dim=1, keepdim=True)
+            images = images * C[:, :, :3].sum(dim=2, keepdim=True) + C[:, :, 3:]
+        else:
+            raise ValueError("Image must be RGB (3 channels) or L (1 channel)")
+        return images.reshape([batch_size, num_channels, height, width])
+
+    # ------------------------------------------------------------------------
+    # Image-space filtering (spec training.md §2.8).
+
+    def _image_filter(self, images: torch.Tensor, d) -> torch.Tensor:
+        batch_size, num_channels, height, width = images.shape
+        device = images.device
+        num_bands = self.Hz_fbank.shape[0]
+        expected_power = misc.constant(np.asarray(FBANK_EXPECTED_POWER) / np.sum(FBANK_EXPECTED_POWER), device=device)
+
+        # Per-band gains, each renormalised so that the expected image power is unchanged.
+        g = torch.ones([batch_size, num_bands], device=device)
+        for band, band_strength in enumerate(self.imgfilter_bands):
+            t_b = torch.exp2(torch.randn([batch_size], device=device) * self.imgfilter_std)
+            t_b = _gate(t_b, torch.rand([batch_size], device=device) < self.imgfilter * self.p * band_strength, 1)
+            if d is not None:
+                if band_strength > 0:
+                    t_b = _forced(t_b, torch.exp2(torch.erfinv(d * 2 - 1) * self.imgfilter_std))
+                else:
+                    t_b = torch.ones_like(t_b)
+            t = torch.ones([batch_size, num_bands], device=device)
+            t[:, band] = t_b
+            t = t / (expected_power * t.square()).sum(dim=-1, keepdim=True).sqrt()
+            g = g * t
+
+        Hz_prime = g @ self.Hz_fbank  # [N, taps]
+        Hz_prime = Hz_prime.unsqueeze(1).repeat([1, num_channels, 1]).reshape([batch_size * num_channels, 1, -1])
+        Hz_prime = Hz_prime.to(images.dtype)
+
+        pad = self.Hz_fbank.shape[1] // 2
+        images = images.reshape([1, batch_size * num_channels, height, width])
+        images = F.pad(input=images, pad=[pad, pad, pad, pad], mode="reflect")
+        images = conv2d_gradfix.conv2d(input=images, weight=Hz_prime.unsqueeze(2), groups=batch_size * num_channels)
+        images = conv2d_gradfix.conv2d(input=images, weight=Hz_prime.unsqueeze(3), groups=batch_size * num_channels)
+        return images.reshape([batch_size, num_channels, height, width])
+
+    # ------------------------------------------------------------------------
+    # Corruptions (spec training.md §2.9).
+
+    def _additive_noise(self, images: torch.Tensor, d) -> torch.Tensor:
+        batch_size, num_channels, height, width = images.shape
+        device = images.device
+        sigma = torch.randn([batch_size, 1, 1, 1], device=device).abs() * self.noise_std
+        sigma = _gate(sigma, torch.rand([batch_size, 1, 1, 1], device=device) < self.noise * self.p, 0)
+        if d is not None:
+            sigma = _forced(sigma, torch.erfinv(d) * self.noise_std)
+        noise = torch.randn([batch_size, num_channels, height, width], device=device) * sigma
+        return images + noise.to(images.dtype)
+
+    def _cutout(self, images: torch.Tensor, d) -> torch.Tensor:
+        batch_size, num_channels, height, width = images.shape
+        device = images.device
+        size = torch.full([batch_size, 2, 1, 1, 1], self.cutout_size, device=device)
+        size = _gate(size, torch.rand([batch_size, 1, 1, 1, 1], device=device) < self.cutout * self.p, 0)
+        center = torch.rand([batch_size, 2, 1, 1, 1], device=device)
+        if d is not None:
+            size = torch.full_like(size, self.cutout_size)
+            center = _forced(center, d)
+        coord_x = torch.arange(width, device=device).reshape([1, 1, 1, -1])
+        coord_y = torch.arange(height, device=device).reshape([1, 1, -1, 1])
+        mask_x = ((coord_x + 0.5) / width - center[:, 0]).abs() >= size[:, 0] / 2
+        mask_y = ((coord_y + 0.5) / height - center[:, 1]).abs() >= size[:, 1] / 2
+        mask = torch.logical_or(mask_x, mask_y).to(images.dtype)
+        return images * mask
