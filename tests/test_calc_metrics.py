@@ -1,0 +1,352 @@
+"""End-to-end metric evaluation with stand-in feature detectors, a tiny generator and a tiny PNG dataset.
+
+The real detectors are large downloads, so small TorchScript modules with the same call conventions and output
+widths are saved under the published file names and found through $STYLEGAN_DETECTOR_DIR. The real metrics use
+50k samples; the command-line run shrinks the sample counts by wrapping the `compute_*` functions in a small
+driver (`python -c ...` that then runs calc_metrics.py as __main__), leaving the registry and CLI untouched.
+"""
+
+import copy
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+import dnnlib
+from metrics import metric_utils
+
+pytestmark = pytest.mark.slow
+
+RES = 32
+NUM_IMAGES = 12
+Z_DIM = 16
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stand-in detectors (same keywords, input dtypes and output widths as the published TorchScript files).
+
+
+class StandInInception(torch.nn.Module):
+    """uint8 [N, 3, H, W] -> 2048 pool features (`return_features`) or 1008 softmax probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(1)
+        # Buffers, not parameters: like the published files, the detectors carry no gradients.
+        self.register_buffer("proj", torch.randn([2048, 48], generator=gen) / 4)
+        self.register_buffer("cls_weight", torch.randn([1008, 2048], generator=gen) / 16)
+        self.register_buffer("cls_bias", torch.randn([1008], generator=gen))
+
+    def forward(
+        self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False, no_output_bias: bool = False
+    ) -> torch.Tensor:
+        assert img.dtype == torch.uint8, "feature statistics pass uint8 images"
+        assert img.dim() == 4 and img.shape[1] == 3, "expected [N, 3, H, W]"
+        assert not use_fp16, "the reference never enables use_fp16"
+        x = torch.nn.functional.adaptive_avg_pool2d(img.to(torch.float32) / 255, 4).flatten(1)
+        features = torch.tanh(torch.nn.functional.linear(x, self.proj))
+        if return_features:
+            return features
+        logits = torch.nn.functional.linear(features, self.cls_weight)
+        if not no_output_bias:
+            logits = logits + self.cls_bias
+        return torch.softmax(logits, dim=1)
+
+
+class StandInVGG16(torch.nn.Module):
+    """uint8 -> 4096 features (`return_features`); float32 -> size-dependent LPIPS embedding (`return_lpips`)."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(2)
+        self.register_buffer("proj", torch.randn([4096, 48], generator=gen) / 4)
+
+    def forward(
+        self, img: torch.Tensor, resize_images: bool = True, return_lpips: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
+        assert img.dim() == 4 and img.shape[1] == 3, "expected [N, 3, H, W]"
+        x = img.to(torch.float32) / 255
+        if resize_images:
+            x = torch.nn.functional.interpolate(x, size=(16, 16), mode="area")
+        if return_lpips:
+            assert img.dtype == torch.float32, "LPIPS inputs are float pixel values"
+            assert not resize_images, "PPL passes resize_images=False"
+            return torch.nn.functional.avg_pool2d(x, 2).flatten(1)  # [N, 3 * H/2 * W/2]
+        assert img.dtype == torch.uint8, "feature statistics pass uint8 images"
+        assert return_features, "precision/recall asks for return_features"
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        return torch.tanh(torch.nn.functional.linear(pooled, self.proj))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fixtures: detector folder, PNG datasets, snapshot in a fake run directory.
+
+
+def write_dataset(path, labels=None):
+    os.makedirs(path)
+    rnd = np.random.RandomState(3)
+    names = []
+    for i in range(NUM_IMAGES):
+        name = f"img{i:04d}.png"
+        PIL.Image.fromarray(rnd.randint(0, 256, size=[RES, RES, 3], dtype=np.uint8)).save(os.path.join(path, name))
+        names.append(name)
+    if labels is not None:
+        with open(os.path.join(path, "dataset.json"), "w") as f:
+            json.dump({"labels": [[name, int(label)] for name, label in zip(names, labels)]}, f)
+
+
+def tiny_generator(c_dim=0):
+    from training import networks
+
+    torch.manual_seed(0)
+    return networks.Generator(
+        z_dim=Z_DIM,
+        c_dim=c_dim,
+        w_dim=16,
+        img_resolution=RES,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=2),
+        synthesis_kwargs=dict(channel_base=128, channel_max=16),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calc_metrics")
+    detector_dir = root / "detectors"
+    detector_dir.mkdir()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript is the published format.
+        torch.jit.script(StandInInception()).save(str(detector_dir / "inception-2015-12-05.pt"))
+        torch.jit.script(StandInVGG16()).save(str(detector_dir / "vgg16.pt"))
+
+    data_dir = str(root / "tinyset")
+    write_dataset(data_dir)
+    labeled_dir = str(root / "labeled")
+    write_dataset(labeled_dir, labels=np.arange(NUM_IMAGES) % 3)
+    return dnnlib.EasyDict(root=str(root), detector_dir=str(detector_dir), data_dir=data_dir, labeled_dir=labeled_dir)
+
+
+@pytest.fixture
+def detectors(env, monkeypatch):
+    monkeypatch.setenv(metric_utils.DETECTOR_DIR_ENV, env.detector_dir)
+    monkeypatch.setattr(metric_utils, "_feature_detector_cache", dict())
+    monkeypatch.setenv("DNNLIB_CACHE_DIR", os.path.join(env.root, "inprocess-cache"))
+
+
+def cpu_opts(G, dataset_kwargs, cache=False):
+    return metric_utils.MetricOptions(G=G, dataset_kwargs=dataset_kwargs, device=torch.device("cpu"), cache=cache)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Python API.
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers is the reference default.
+def test_dataset_stats_order_xflip_and_cache(env, detectors):
+    from training.dataset import ImageFolderDataset
+
+    dataset_kwargs = dnnlib.EasyDict(
+        class_name="training.dataset.ImageFolderDataset", path=env.data_dir, use_labels=False, xflip=True
+    )
+    url, detector_kwargs = metric_utils.INCEPTION_URL, dict(return_features=True)
+    opts = cpu_opts(None, dataset_kwargs, cache=True)
+    # Default loader options (3 worker processes), batches of 8 so that several batches are gathered.
+    stats = metric_utils.compute_feature_stats_for_dataset(
+        opts, url, detector_kwargs, batch_size=8, max_items=20, capture_all=True
+    )
+    assert stats.num_items == 20
+
+    # Items 0..19 in dataset order: the 12 originals, then mirrored copies of the first 8.
+    dataset = ImageFolderDataset(path=env.data_dir, xflip=True)
+    images = torch.from_numpy(np.stack([dataset[i][0] for i in range(20)]))
+    torch.testing.assert_close(images[12], images[0].flip(-1))
+    detector = metric_utils.get_feature_detector(url)
+    torch.testing.assert_close(stats.get_all_torch(), detector(images, return_features=True))
+
+    md5 = metric_utils.dataset_stats_cache_key(dataset_kwargs, url, detector_kwargs, dict(capture_all=True))
+    cache_file = os.path.join(env.root, "inprocess-cache", "gan-metrics", f"tinyset-inception-2015-12-05-{md5}.pkl")
+    assert os.path.isfile(cache_file)
+    # max_items is not part of the key (reference quirk): a smaller request gets the cached 20 rows back.
+    again = metric_utils.compute_feature_stats_for_dataset(opts, url, detector_kwargs, max_items=5, capture_all=True)
+    assert again.num_items == 20
+    np.testing.assert_array_equal(again.get_all(), stats.get_all())
+
+
+def test_generator_stats_follow_reference_draw_order(env, detectors):
+    G = tiny_generator(c_dim=3)
+    dataset_kwargs = dict(class_name="training.dataset.ImageFolderDataset", path=env.labeled_dir, use_labels=True)
+    url = metric_utils.INCEPTION_URL
+    torch.manual_seed(123)
+    np.random.seed(7)
+    stats = metric_utils.compute_feature_stats_for_generator(
+        cpu_opts(G, dataset_kwargs), url, dict(return_features=True), capture_all=True, max_items=70
+    )
+    assert stats.num_items == 70  # Two rounds of 64, the second truncated.
+
+    # Replay: per 4-image call, z from torch first, then 4 numpy label draws; 16 calls per detector batch.
+    torch.manual_seed(123)
+    np.random.seed(7)
+    G_copy = copy.deepcopy(G).eval().requires_grad_(False)
+    detector = metric_utils.get_feature_detector(url)
+    expected = []
+    for _round in range(2):
+        batch = []
+        for _call in range(16):
+            z = torch.randn([4, Z_DIM])
+            c = torch.nn.functional.one_hot(torch.tensor([np.random.randint(NUM_IMAGES) % 3 for _ in range(4)]), 3)
+            img = G_copy(z=z, c=c.to(torch.float32))
+            batch.append((img * 127.5 + 128).clamp(0, 255).to(torch.uint8))
+        expected.append(detector(torch.cat(batch), return_features=True))
+    torch.testing.assert_close(stats.get_all_torch(), torch.cat(expected)[:70])
+
+
+def test_ppl_api_small(env, detectors):
+    from metrics import perceptual_path_length
+
+    G = tiny_generator()
+    dataset_kwargs = dict(class_name="training.dataset.ImageFolderDataset", path=env.data_dir)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    value = perceptual_path_length.compute_ppl(
+        cpu_opts(G, dataset_kwargs), num_samples=10, epsilon=1e-4, space="z", sampling="full", crop=True, batch_size=2
+    )
+    assert math.isfinite(value) and value > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line.
+
+SHRUNK_DRIVER = """
+import runpy, sys
+from metrics import (frechet_inception_distance as fid, inception_score as iscore, kernel_inception_distance as kid,
+                     metric_utils, perceptual_path_length as ppl, precision_recall as pr)
+
+def shrink(module, name, **overrides):
+    original = getattr(module, name)
+    def wrapper(opts, *args, **kwargs):
+        kwargs.update(overrides)
+        return original(opts, *args, **kwargs)
+    setattr(module, name, wrapper)
+
+shrink(fid, "compute_fid", num_gen=64)
+shrink(kid, "compute_kid", num_gen=64, num_subsets=4, max_subset_size=8)
+shrink(pr, "compute_pr", num_gen=64)
+shrink(iscore, "compute_is", num_gen=64)
+shrink(ppl, "compute_ppl", num_samples=8)
+# Spawned loader workers each re-import torch (seconds apiece); the tiny dataset is read in-process instead.
+shrink(metric_utils, "compute_feature_stats_for_dataset", data_loader_kwargs=dict(num_workers=0))
+sys.argv = ["calc_metrics.py"] + sys.argv[1:]
+runpy.run_path("calc_metrics.py", run_name="__main__")
+"""
+
+
+def run_cli(env, *args, shrink=True):
+    cmd = [sys.executable, "-c", SHRUNK_DRIVER] if shrink else [sys.executable, "calc_metrics.py"]
+    child_env = dict(
+        os.environ,
+        DNNLIB_CACHE_DIR=os.path.join(env.root, "cli-cache"),
+        STYLEGAN_DETECTOR_DIR=env.detector_dir,
+        PYTHONPATH=REPO_ROOT,
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.run(cmd + list(args), cwd=REPO_ROOT, env=child_env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def snapshot(env):
+    from training import networks
+
+    run_dir = os.path.join(env.root, "00000-run")
+    os.makedirs(run_dir)
+    G = tiny_generator()
+    D = networks.Discriminator(c_dim=0, img_resolution=RES, img_channels=3, channel_base=128, channel_max=16)
+    training_set_kwargs = dict(
+        class_name="training.dataset.ImageFolderDataset",
+        path=env.data_dir,
+        use_labels=False,
+        max_size=None,
+        xflip=False,
+        resolution=RES,
+    )
+    pkl = os.path.join(run_dir, "network-snapshot-000000.pkl")
+    with open(pkl, "wb") as f:
+        pickle.dump(
+            dict(training_set_kwargs=training_set_kwargs, G=G, D=D, G_ema=copy.deepcopy(G), augment_pipe=None), f
+        )
+    with open(os.path.join(run_dir, "training_options.json"), "w") as f:
+        json.dump(dict(training_set_kwargs=training_set_kwargs, run_dir=run_dir), f, indent=2)
+    return dnnlib.EasyDict(run_dir=run_dir, pkl=pkl, training_set_kwargs=training_set_kwargs)
+
+
+def read_jsonl(run_dir, metric):
+    with open(os.path.join(run_dir, f"metric-{metric}.jsonl")) as f:
+        return [json.loads(line) for line in f.read().splitlines()]
+
+
+def test_cli_all_primary_metrics_then_cache_hit(env, snapshot):
+    metrics = ["fid50k_full", "kid50k_full", "pr50k3_full", "is50k", "ppl2_wend"]
+    proc = run_cli(env, f"--network={snapshot.pkl}", f"--metrics={','.join(metrics)}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "dataset features" in proc.stdout  # Real statistics were computed this time.
+
+    expected_keys = dict(
+        fid50k_full=["fid50k_full"],
+        kid50k_full=["kid50k_full"],
+        pr50k3_full=["pr50k3_full_precision", "pr50k3_full_recall"],
+        is50k=["is50k_mean", "is50k_std"],
+        ppl2_wend=["ppl2_wend"],
+    )
+    printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"results"')]
+    assert [record["metric"] for record in printed] == metrics
+    for metric in metrics:
+        [record] = read_jsonl(snapshot.run_dir, metric)
+        assert list(record) == ["results", "metric", "total_time", "total_time_str", "num_gpus"] + [
+            "snapshot_pkl",
+            "timestamp",
+        ]
+        assert list(record["results"]) == expected_keys[metric]
+        assert all(math.isfinite(v) for v in record["results"].values()), record
+        assert record["snapshot_pkl"] == "network-snapshot-000000.pkl"
+        assert record["num_gpus"] == 1
+    for key in expected_keys["pr50k3_full"]:
+        assert 0 <= read_jsonl(snapshot.run_dir, "pr50k3_full")[0]["results"][key] <= 1
+
+    # Cache files carry the reference's names: <dataset>-<detector>-<md5 of the four-entry key>.pkl.
+    dataset_kwargs = dict(snapshot.training_set_kwargs, resolution=RES, use_labels=False, max_size=None, xflip=False)
+    cache_dir = os.path.join(env.root, "cli-cache", "gan-metrics")
+    expected_files = set()
+    for url, det_kwargs, stats_kwargs in [
+        (metric_utils.INCEPTION_URL, dict(return_features=True), dict(capture_mean_cov=True)),
+        (metric_utils.INCEPTION_URL, dict(return_features=True), dict(capture_all=True)),
+        (metric_utils.VGG16_URL, dict(return_features=True), dict(capture_all=True)),
+    ]:
+        md5 = metric_utils.dataset_stats_cache_key(dataset_kwargs, url, det_kwargs, stats_kwargs)
+        expected_files.add(f"tinyset-{metric_utils.get_feature_detector_name(url)}-{md5}.pkl")
+    assert set(os.listdir(cache_dir)) == expected_files
+    mtimes = {name: os.path.getmtime(os.path.join(cache_dir, name)) for name in expected_files}
+
+    # Second run (KID: cheaper than FID's 2048x2048 matrix square root): the real statistics come from the cache
+    # and the JSONL file grows by one line.
+    proc = run_cli(env, f"--network={snapshot.pkl}", "--metrics=kid50k_full")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "dataset features" not in proc.stdout
+    assert "generator features" in proc.stdout
+    assert {name: os.path.getmtime(os.path.join(cache_dir, name)) for name in expected_files} == mtimes
+    assert len(read_jsonl(snapshot.run_dir, "kid50k_full")) == 2
+
+
+def test_cli_rejects_unknown_metric(env, snapshot):
+    proc = run_cli(env, f"--network={snapshot.pkl}", "--metrics=fid50k_full,fid1k", shrink=False)
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr  # The CLI's logger routes stderr text to stdout.
+    assert "--metrics can only contain the following values:\nfid50k_full\nkid50k_full\n" in output
+    assert "Loading network" not in output  # Validation happens before anything is loaded.
