@@ -1,0 +1,614 @@
+"""Convert an image collection into the archive layout read by `training.dataset.ImageFolderDataset`.
+
+Sources: an image folder (searched recursively), a zip of images, an LSUN LMDB directory, the CIFAR-10 python
+tarball or the MNIST training images. The result is a folder or an uncompressed zip holding
+`NNNNN/imgNNNNNNNN.png` files plus `dataset.json` with the labels.
+"""
+
+import functools
+import gzip
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import numpy as np
+import PIL.Image
+from tqdm import tqdm
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+IMAGES_PER_SUBFOLDER_DIGITS = 5  # the first 5 of 8 index digits name the sub-folder, i.e. 1000 images per folder
+LABELS_FILE = "dataset.json"
+RESIZE_FILTERS = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
+
+CIFAR10_ARCHIVE_NAME = "cifar-10-python.tar.gz"
+CIFAR10_TRAIN_BATCHES = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]
+CIFAR10_NUM_IMAGES = 50000
+CIFAR10_NUM_CLASSES = 10
+
+MNIST_IMAGES_NAME = "train-images-idx3-ubyte.gz"
+MNIST_IMAGES_SUFFIX = "-images-idx3-ubyte.gz"
+MNIST_LABELS_SUFFIX = "-labels-idx1-ubyte.gz"
+MNIST_IMAGES_HEADER_BYTES = 16
+MNIST_LABELS_HEADER_BYTES = 8
+MNIST_NUM_IMAGES = 60000
+MNIST_NUM_CLASSES = 10
+MNIST_SIZE = 28
+MNIST_PAD = 2  # 28x28 digits are zero-padded to a power-of-two 32x32
+
+ON_UNREADABLE_CHOICES = ["stop", "skip"]
+
+
+class DatasetToolError(Exception):
+    """A user-facing failure; the CLI prints it as `Error: <message>` and exits with status 1."""
+
+
+def error(msg: str):
+    raise DatasetToolError(msg)
+
+
+class UnreadableImageError(Exception):
+    """A source item that could not be decoded; carries the item's path or key for the report."""
+
+    def __init__(self, where: str, cause: BaseException):
+        super().__init__(f"{where}: {cause}")
+        self.where = where
+        self.cause = cause
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sources. Each opener returns (count, items) where `items` yields (uint8 image array, label or None) lazily.
+
+
+def _has_image_ext(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base:
+        return False
+    return "." + base.rsplit(".", 1)[-1].lower() in PIL.Image.EXTENSION
+
+
+def _decode_with_pil(data_or_path) -> np.ndarray:
+    """Decode without any mode conversion: L -> [H, W], RGB -> [H, W, 3], RGBA -> [H, W, 4], P -> [H, W] indices."""
+    with PIL.Image.open(data_or_path) as img:
+        return np.array(img)
+
+
+def _parse_labels_json(text: bytes | str, where: str) -> dict | None:
+    """Read the `labels` entry of a source `dataset.json` into {relative name: label}, or None when it is null."""
+    try:
+        labels = json.loads(text)["labels"]
+    except (ValueError, KeyError, TypeError) as exc:
+        error(f'{where}: expected a JSON object with a "labels" entry ({exc})')
+    if labels is None:
+        return None
+    try:
+        return {str(name): label for name, label in labels}
+    except (TypeError, ValueError):
+        error(f'{where}: "labels" must be null or a list of [file name, label] pairs')
+
+
+def _limited(count: int, decode_items: Iterator, on_unreadable: str) -> Iterator:
+    """Yield decoded items until the one with input index `count - 1` has been yielded.
+
+    Unreadable items consume an input index but are never yielded, so with `skip` the iteration continues past
+    the limit until one item succeeds there (the reference behaviour for LSUN).
+    """
+    for idx, item in enumerate(decode_items):
+        try:
+            image, label = item()
+        except UnreadableImageError as exc:
+            if on_unreadable == "stop":
+                error(f"Cannot read source image {exc.where}: {exc.cause}")
+            tqdm.write(f"Warning: skipping unreadable source image {exc.where}: {exc.cause}", file=sys.stderr)
+            continue
+        yield image, label
+        if idx >= count - 1:
+            break
+
+
+def _count(total: int, max_images: int | None) -> int:
+    return total if max_images is None else min(total, max_images)
+
+
+def open_image_folder(source_dir: str, *, max_images: int | None, on_unreadable: str):
+    paths = sorted(p for p in Path(source_dir).rglob("*") if _has_image_ext(p.name) and p.is_file())
+    labels = None
+    labels_path = os.path.join(source_dir, LABELS_FILE)
+    if os.path.isfile(labels_path):
+        with open(labels_path, "rb") as f:
+            labels = _parse_labels_json(f.read(), labels_path)
+
+    def make_item(path: Path):
+        def item():
+            try:
+                image = _decode_with_pil(path)
+            except Exception as exc:
+                raise UnreadableImageError(str(path), exc) from exc
+            rel = os.path.relpath(path, source_dir).replace("\\", "/")
+            return image, None if labels is None else labels.get(rel)
+
+        return item
+
+    count = _count(len(paths), max_images)
+    return count, _limited(count, map(make_item, paths), on_unreadable)
+
+
+def open_image_zip(source: str, *, max_images: int | None, on_unreadable: str):
+    try:
+        archive = zipfile.ZipFile(source, mode="r")
+    except (OSError, zipfile.BadZipFile) as exc:
+        error(f"Cannot open source zip {source}: {exc}")
+    members = sorted(name for name in archive.namelist() if _has_image_ext(name))
+    labels = None
+    if LABELS_FILE in archive.namelist():
+        labels = _parse_labels_json(archive.read(LABELS_FILE), f"{source}/{LABELS_FILE}")
+
+    def make_item(name: str):
+        def item():
+            try:
+                image = _decode_with_pil(io.BytesIO(archive.read(name)))
+            except Exception as exc:
+                raise UnreadableImageError(f"{source}/{name}", exc) from exc
+            return image, None if labels is None else labels.get(name)
+
+        return item
+
+    def items():
+        with archive:
+            yield from _limited(count, map(make_item, members), on_unreadable)
+
+    count = _count(len(members), max_images)
+    return count, items()
+
+
+def _import_lmdb():
+    try:
+        import lmdb
+    except ImportError:
+        error("reading an LSUN LMDB source needs the lmdb package: pip install lmdb")
+    return lmdb
+
+
+def _import_cv2():
+    """OpenCV decodes LSUN entries in the reference; without it Pillow stands in (see `open_lmdb`)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _decode_lsun_value(value: bytes, cv2) -> np.ndarray:
+    if cv2 is not None:
+        image = cv2.imdecode(np.frombuffer(value, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is not None:
+            return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
+        return _decode_with_pil(io.BytesIO(value))
+    # Stand-in for OpenCV's forced 3-channel colour decoding.
+    with PIL.Image.open(io.BytesIO(value)) as img:
+        return np.array(img.convert("RGB"))
+
+
+def open_lmdb(source_dir: str, *, max_images: int | None, on_unreadable: str):
+    lmdb = _import_lmdb()
+    cv2 = _import_cv2()
+    if cv2 is None:
+        print(
+            "Warning: opencv-python is not installed; decoding LSUN entries with Pillow instead "
+            "(pip install opencv-python for the reference decoder)",
+            file=sys.stderr,
+        )
+    try:
+        env = lmdb.open(source_dir, readonly=True, lock=False)
+    except lmdb.Error as exc:
+        error(f"Cannot open LMDB source {source_dir}: {exc}")
+    count = _count(env.stat()["entries"], max_images)
+
+    def make_item(key: bytes, value: bytes):
+        def item():
+            try:
+                return _decode_lsun_value(value, cv2), None
+            except Exception as exc:
+                raise UnreadableImageError(f"{source_dir} (key {key.decode(errors='replace')})", exc) from exc
+
+        return item
+
+    def items():
+        with env, env.begin(write=False) as txn:
+            pairs = (make_item(bytes(k), bytes(v)) for k, v in txn.cursor())
+            yield from _limited(count, pairs, on_unreadable)
+
+    return count, items()
+
+
+def _labelled_arrays(images: np.ndarray, labels: np.ndarray, count: int) -> Iterator:
+    for idx in range(len(images)):
+        yield images[idx], int(labels[idx])
+        if idx >= count - 1:
+            break
+
+
+def _check_class_dataset(source, images, labels, num_images, image_shape, num_classes):
+    if images.dtype != np.uint8 or images.shape != (num_images, *image_shape):
+        error(
+            f"{source}: expected {num_images} uint8 images of shape {image_shape}, found {images.dtype} {images.shape}"
+        )
+    if images.min() != 0 or images.max() != 255:
+        error(f"{source}: expected pixel values spanning 0..255, found {images.min()}..{images.max()}")
+    if labels.shape != (num_images,) or not np.issubdtype(labels.dtype, np.integer):
+        error(f"{source}: expected {num_images} integer labels, found {labels.dtype} {labels.shape}")
+    if labels.min() != 0 or labels.max() != num_classes - 1:
+        error(f"{source}: expected labels spanning 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+
+
+def open_cifar10(tarball: str, *, max_images: int | None, on_unreadable: str):
+    del on_unreadable  # a corrupt tarball cannot be skipped image by image
+    images, labels = [], []
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for member in CIFAR10_TRAIN_BATCHES:
+                with tar.extractfile(member) as f:
+                    batch = pickle.load(f, encoding="latin1")
+                images.append(np.asarray(batch["data"]).reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(batch["labels"]))
+    except KeyError as exc:
+        error(f"{tarball}: missing {exc} (expected the CIFAR-10 python version)")
+    except (OSError, tarfile.TarError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        error(f"Cannot read {tarball}: {exc}")
+    images = np.concatenate(images).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    labels = np.concatenate(labels)
+    _check_class_dataset(tarball, images, labels, CIFAR10_NUM_IMAGES, (32, 32, 3), CIFAR10_NUM_CLASSES)
+    count = _count(len(images), max_images)
+    return count, _labelled_arrays(images, labels, count)
+
+
+def _read_gz(path: str, header_bytes: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            return np.frombuffer(f.read(), dtype=np.uint8, offset=header_bytes)
+    except (OSError, EOFError, ValueError) as exc:
+        error(f"Cannot read {path}: {exc}")
+
+
+def open_mnist(images_gz: str, *, max_images: int | None, on_unreadable: str):
+    del on_unreadable  # a corrupt file cannot be skipped image by image
+    folder, name = os.path.split(images_gz)
+    labels_gz = os.path.join(folder, name.replace(MNIST_IMAGES_SUFFIX, MNIST_LABELS_SUFFIX))
+    if not os.path.isfile(labels_gz):
+        error(f"Missing MNIST labels file next to the images: {labels_gz}")
+    images = _read_gz(images_gz, MNIST_IMAGES_HEADER_BYTES)
+    labels = _read_gz(labels_gz, MNIST_LABELS_HEADER_BYTES)
+    if images.size % (MNIST_SIZE * MNIST_SIZE) != 0:
+        error(f"{images_gz}: {images.size} pixel bytes are not a whole number of {MNIST_SIZE}x{MNIST_SIZE} images")
+    images = images.reshape(-1, MNIST_SIZE, MNIST_SIZE)
+    images = np.pad(images, [(0, 0), (MNIST_PAD, MNIST_PAD), (MNIST_PAD, MNIST_PAD)], mode="constant")
+    size = MNIST_SIZE + 2 * MNIST_PAD
+    _check_class_dataset(images_gz, images, labels, MNIST_NUM_IMAGES, (size, size), MNIST_NUM_CLASSES)
+    count = _count(len(images), max_images)
+    return count, _labelled_arrays(images, labels, count)
+
+
+def open_dataset(source: str, *, max_images: int | None = None, on_unreadable: str | None = None):
+    """Detect the source type and open it; returns (count, iterator of (image array, label or None)).
+
+    `on_unreadable` is 'stop' or 'skip'; None picks the reference behaviour (skip for LSUN, stop otherwise).
+    """
+    PIL.Image.init()  # completes PIL.Image.EXTENSION, which decides what counts as an image file
+    default_policy = "stop"
+    if os.path.isdir(source):
+        if source.rstrip("/" + os.sep).endswith("_lmdb"):
+            opener, default_policy = open_lmdb, "skip"
+        else:
+            opener = open_image_folder
+    elif os.path.isfile(source):
+        name = os.path.basename(source)
+        if name == CIFAR10_ARCHIVE_NAME:
+            opener = open_cifar10
+        elif name == MNIST_IMAGES_NAME:
+            opener = open_mnist
+        elif source.endswith(".zip"):
+            opener = open_image_zip
+        else:
+            error(
+                f"Unknown source type: {source} (expected a folder, a .zip of images, an LSUN *_lmdb folder, "
+                f"{CIFAR10_ARCHIVE_NAME} or {MNIST_IMAGES_NAME})"
+            )
+    else:
+        error(f"Missing input file or directory: {source}")
+    return opener(source, max_images=max_images, on_unreadable=on_unreadable or default_policy)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transforms: array in, array out (or None to drop the image while keeping its index).
+
+
+def _as_rgb_image(img: np.ndarray) -> PIL.Image.Image:
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"this transform needs RGB images, got an array of shape {list(img.shape)}")
+    return PIL.Image.fromarray(img)
+
+
+def _resize_only(img: np.ndarray, width: int | None, height: int | None, resample) -> np.ndarray:
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    size = (width or img.shape[1], height or img.shape[0])
+    return np.array(PIL.Image.fromarray(img).resize(size, resample))
+
+
+def _center_crop(img: np.ndarray, width: int, height: int, resample) -> np.ndarray:
+    crop = min(img.shape[0], img.shape[1])
+    top, left = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
+    img = img[top : top + crop, left : left + crop]
+    return np.array(_as_rgb_image(img).resize((width, height), resample))
+
+
+def _center_crop_wide(img: np.ndarray, width: int, height: int, resample) -> np.ndarray | None:
+    crop_h = int(np.round(width * img.shape[0] / img.shape[1]))  # numpy rounds halves to even
+    if img.shape[1] < width or crop_h < height:
+        return None
+    top = (img.shape[0] - crop_h) // 2
+    img = img[top : top + crop_h]
+    resized = np.array(_as_rgb_image(img).resize((width, height), resample))
+    canvas = np.zeros([width, width, 3], dtype=np.uint8)  # letter-box into a square
+    canvas[(width - height) // 2 : (width + height) // 2] = resized
+    return canvas
+
+
+def make_transform(transform: str | None, width: int | None, height: int | None, resize_filter: str) -> Callable:
+    resample = RESIZE_FILTERS[resize_filter]
+    if transform is None:
+        return functools.partial(_resize_only, width=width, height=height, resample=resample)
+    if transform == "center-crop":
+        if width is None or height is None:
+            error("must specify --width and --height when using " + transform + "transform")  # sic, reference text
+        return functools.partial(_center_crop, width=width, height=height, resample=resample)
+    if transform == "center-crop-wide":
+        if width is None or height is None:
+            error("must specify --width and --height when using " + transform + " transform")
+        return functools.partial(_center_crop_wide, width=width, height=height, resample=resample)
+    raise ValueError(f"unknown transform {transform!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Destinations. Everything is written under a temporary name beside the destination and renamed into place only after
+# the last file, so a failed run never leaves a half-written dataset behind.
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class StagedDestination:
+    """Context manager writing a folder or a stored (uncompressed) zip; `save(name, data)` adds one file."""
+
+    def __init__(self, dest: str):
+        self.dest = os.path.normpath(dest)  # a trailing separator must not make the folder its own parent
+        self.is_zip = dest.endswith(".zip")
+        self.temp = None
+        self.archive = None
+        if os.path.isdir(dest):
+            if self.is_zip:
+                error(f"--dest {dest} is an existing directory, not a zip file")
+            if os.listdir(dest):
+                error("--dest folder must be empty")
+        elif os.path.exists(dest) and not self.is_zip:
+            error(f"--dest {dest} exists and is not a directory")
+
+    def __enter__(self):
+        parent = os.path.dirname(self.dest)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        prefix = "." + os.path.basename(self.dest) + "."
+        if self.is_zip:
+            fd, self.temp = tempfile.mkstemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
+            os.close(fd)
+            os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's private 0600 is not meant for the result
+            self.archive = zipfile.ZipFile(self.temp, mode="w", compression=zipfile.ZIP_STORED)
+        else:
+            self.temp = tempfile.mkdtemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
+            os.chmod(self.temp, 0o777 & ~_umask())
+        return self
+
+    def save(self, name: str, data: bytes):
+        if self.archive is not None:
+            self.archive.writestr(name, data)
+            return
+        path = os.path.join(self.temp, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.archive is not None:
+            self.archive.close()
+        if exc_type is not None:
+            if self.is_zip:
+                os.remove(self.temp)
+            else:
+                shutil.rmtree(self.temp, ignore_errors=True)
+            return False
+        if not self.is_zip and os.path.isdir(self.dest):
+            os.rmdir(self.dest)  # checked empty on open; a directory cannot be renamed over otherwise
+        os.replace(self.temp, self.dest)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def archive_name(idx: int) -> str:
+    """Position in the source stream -> archive path, e.g. 12345 -> '00012/img00012345.png'."""
+    digits = f"{idx:08d}"
+    return f"{digits[:IMAGES_PER_SUBFOLDER_DIGITS]}/img{digits}.png"
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """[H, W] or [H, W, 1] -> 8-bit grayscale PNG, [H, W, 3] -> RGB PNG; stored uncompressed (level 0)."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    buf = io.BytesIO()
+    PIL.Image.fromarray(img).save(buf, format="png", compress_level=0, optimize=False)
+    return buf.getvalue()
+
+
+def _image_attrs(img: np.ndarray) -> tuple[int, int, int]:
+    return img.shape[1], img.shape[0], img.shape[2] if img.ndim == 3 else 1
+
+
+def _check_first_image(width: int, height: int, channels: int):
+    if width != height:
+        error(f"Image dimensions after scale and crop are required to be square.  Got {width}x{height}")
+    if channels not in (1, 3):
+        error("Input images must be stored as RGB or grayscale")
+    if width & (width - 1) != 0:
+        error("Image width/height after scale and crop are required to be power-of-two")
+
+
+def convert_dataset(
+    source: str,
+    dest: str,
+    *,
+    max_images: int | None = None,
+    transform: str | None = None,
+    resize_filter: str = "lanczos",
+    width: int | None = None,
+    height: int | None = None,
+    on_unreadable: str | None = None,
+):
+    """Convert `source` into `dest`; raises DatasetToolError on bad input (nothing is left at `dest` then)."""
+    count, items = open_dataset(source, max_images=max_images, on_unreadable=on_unreadable)
+    with StagedDestination(dest) as out:
+        transform_fn = make_transform(transform, width, height, resize_filter)
+        dataset_attrs = None
+        labels = []
+        for idx, (img, label) in enumerate(tqdm(items, total=count)):
+            name = archive_name(idx)
+            if img.dtype != np.uint8:
+                error(f"Image {name}: expected 8 bits per channel, found {img.dtype}")
+            try:
+                img = transform_fn(img)
+            except ValueError as exc:
+                error(f"Image {name}: {exc}")
+            if img is None:
+                continue  # dropped by the transform; its index stays unused
+            attrs = _image_attrs(img)
+            if dataset_attrs is None:
+                _check_first_image(*attrs)
+                dataset_attrs = attrs
+            elif attrs != dataset_attrs:
+                error(
+                    f"Image {name} attributes must be equal across all images of the dataset.  Got:\n"
+                    f"  dataset width/cur image width: {dataset_attrs[0]}/{attrs[0]}\n"
+                    f"  dataset height/cur image height: {dataset_attrs[1]}/{attrs[1]}\n"
+                    f"  dataset channels/cur image channels: {dataset_attrs[2]}/{attrs[2]}"
+                )
+            out.save(name, encode_png(img))
+            labels.append([name, label] if label is not None else None)
+        metadata = {"labels": labels if all(entry is not None for entry in labels) else None}
+        out.save(LABELS_FILE, json.dumps(metadata).encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.pass_context
+@click.option("--source", help="Directory or archive name for input dataset", required=True, metavar="PATH")
+@click.option("--dest", help="Output directory or archive name for output dataset", required=True, metavar="PATH")
+@click.option("--max-images", help="Output only up to `max-images` images", type=click.IntRange(min=0), default=None)
+@click.option(
+    "--resize-filter",
+    help="Filter to use when resizing images for output resolution",
+    type=click.Choice(list(RESIZE_FILTERS)),
+    default="lanczos",
+    show_default=True,
+)
+@click.option("--transform", help="Input crop/resize mode", type=click.Choice(["center-crop", "center-crop-wide"]))
+@click.option("--width", help="Output width", type=click.IntRange(min=1))
+@click.option("--height", help="Output height", type=click.IntRange(min=1))
+@click.option(
+    "--on-unreadable",
+    help="What to do with a source image that cannot be decoded: stop with an error naming it, or skip it with a "
+    "warning  [default: skip for LSUN LMDB, stop otherwise]",
+    type=click.Choice(ON_UNREADABLE_CHOICES),
+    default=None,
+)
+def main(
+    ctx: click.Context,
+    source: str,
+    dest: str,
+    max_images: int | None,
+    resize_filter: str,
+    transform: str | None,
+    width: int | None,
+    height: int | None,
+    on_unreadable: str | None,
+):
+    """Convert an image dataset into the format used by the StyleGAN2-ADA training and metrics code.
+
+    \b
+    Sources (--source):
+      folder          every image file below it, recursively, sorted by path
+      *.zip           every image member of the archive
+      *_lmdb folder   an LSUN LMDB database (needs `pip install lmdb`; opencv-python is used when installed)
+      cifar-10-python.tar.gz      CIFAR-10, python version (with class labels)
+      train-images-idx3-ubyte.gz  MNIST training set (with class labels; the labels file must sit beside it)
+
+    \b
+    Destinations (--dest):
+      *.zip    an uncompressed zip archive (an existing file is replaced)
+      folder   created if absent; must be empty if it exists
+
+    The output holds uncompressed PNGs named NNNNN/imgNNNNNNNN.png (1000 per sub-folder) and a dataset.json at its
+    root. Output is written under a temporary name beside --dest and moved into place at the end, so a failed
+    run leaves no partial dataset.
+
+    \b
+    dataset.json has the form
+      {"labels": [["00000/img00000000.png", 6], ["00000/img00000001.png", 9], ...]}
+    with one [file name, label] pair per image, or {"labels": null} when the source has no labels. Labels come
+    from CIFAR-10/MNIST class indices or, for folders and zips, from a dataset.json of the same form in the source.
+
+    Training needs square images whose side is a power of two, all of the same size and either RGB or
+    grayscale; use --transform, --width and --height to get there. --transform=center-crop crops the largest
+    centered square and resizes it to --width x --height; --transform=center-crop-wide crops a band of the
+    output aspect ratio, resizes it to --width x --height and letter-boxes it into a black --width x --width
+    square (images narrower than --width, or too short, are skipped). Without --transform, images are only
+    resized to --width/--height when these are given.
+
+    \b
+    Example, LSUN cars as 512x384 content letter-boxed into 512x512:
+      python dataset_tool.py --source=~/downloads/lsun/car_lmdb --dest=~/datasets/lsun_car.zip \\
+          --transform=center-crop-wide --width=512 --height=384
+    """
+    if dest == "":
+        ctx.fail("--dest output filename or directory must not be an empty string")
+    try:
+        convert_dataset(
+            source,
+            dest,
+            max_images=max_images,
+            transform=transform,
+            resize_filter=resize_filter,
+            width=width,
+            height=height,
+            on_unreadable=on_unreadable,
+        )
+    except DatasetToolError as exc:
+        print("Error: " + str(exc))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Style-mixing grid: row seeds give the fine styles, column seeds the layers listed in --styles."""
+
+import os
+
+import click
+import numpy as np
+import PIL.Image
+import torch
+
+from generate import NOISE_MODES, PNG_MODES, NumRange, default_device, load_generator, to_pil, to_uint8_images
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def map_seeds(G, seeds: list[int], truncation_psi: float, device: torch.device) -> torch.Tensor:
+    """W [len(seeds), num_ws, w_dim] for each seed's z = RandomState(seed).randn(z_dim), truncated on all layers."""
+    z = np.stack([np.random.RandomState(seed).randn(G.z_dim) for seed in seeds])
+    ws = G.mapping(torch.from_numpy(z).to(device=device, dtype=torch.float32), None)
+    w_avg = G.mapping.w_avg
+    return w_avg + (ws - w_avg) * truncation_psi
+
+
+def mix_styles(G, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, device) -> dict:
+    """Return {(row seed, col seed): uint8 [H, W, C]}, including (s, s) for every distinct seed."""
+    print("Generating W vectors...")
+    # Set order (deterministic for ints) decides batch positions, which matters for noise_mode='random'.
+    all_seeds = list(set(row_seeds + col_seeds))
+    all_w = map_seeds(G, all_seeds, truncation_psi, device)
+    w_dict = dict(zip(all_seeds, all_w))
+
+    print("Generating images...")
+    all_images = to_uint8_images(G.synthesis(all_w, noise_mode=noise_mode))
+    images = {(seed, seed): image for seed, image in zip(all_seeds, all_images)}
+
+    print("Generating style-mixed images...")
+    for row_seed in row_seeds:
+        for col_seed in col_seeds:
+            w = w_dict[row_seed].clone()
+            w[col_styles] = w_dict[col_seed][col_styles]
+            images[(row_seed, col_seed)] = to_uint8_images(G.synthesis(w.unsqueeze(0), noise_mode=noise_mode))[0]
+    return images
+
+
+def make_grid(images: dict, row_seeds, col_seeds, resolution: int, channels: int) -> PIL.Image.Image:
+    """Black top-left cell, column seeds' own images on top, row seeds' own images on the left, mixes inside."""
+    canvas = PIL.Image.new(PNG_MODES[channels], (resolution * (len(col_seeds) + 1), resolution * (len(row_seeds) + 1)))
+    for row_idx, row_seed in enumerate([None, *row_seeds]):
+        for col_idx, col_seed in enumerate([None, *col_seeds]):
+            if row_seed is None and col_seed is None:
+                continue
+            if row_seed is None:
+                key = (col_seed, col_seed)
+            elif col_seed is None:
+                key = (row_seed, row_seed)
+            else:
+                key = (row_seed, col_seed)
+            canvas.paste(to_pil(images[key]), (resolution * col_idx, resolution * row_idx))
+    return canvas
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--network", "network_pkl", help="Network pickle filename", required=True)
+@click.option("--rows", "row_seeds", type=NumRange(), help="Random seeds to use for image rows", required=True)
+@click.option("--cols", "col_seeds", type=NumRange(), help="Random seeds to use for image columns", required=True)
+@click.option("--styles", "col_styles", type=NumRange(), help="Style layer range", default="0-6", show_default=True)
+@click.option("--trunc", "truncation_psi", type=float, help="Truncation psi", default=1, show_default=True)
+@click.option("--noise-mode", help="Noise mode", type=click.Choice(NOISE_MODES), default="const", show_default=True)
+@click.option("--outdir", help="Where to save the output images", type=str, required=True, metavar="DIR")
+@torch.no_grad()
+def generate_style_mix(
+    network_pkl: str,
+    row_seeds: list[int],
+    col_seeds: list[int],
+    col_styles: list[int],
+    truncation_psi: float,
+    noise_mode: str,
+    outdir: str,
+):
+    """Render a style-mixing grid from an unconditional network pickle (file name or URL; G_ema is used).
+
+    Every cell copies the W layers listed in --styles (default 0-6, the coarse styles) from its column seed and
+    the remaining layers from its row seed. Each image is saved as <outdir>/<row seed>-<col seed>.png (the
+    unmixed image of a seed s as s-s.png) and the whole table as <outdir>/grid.png: the top row shows the column
+    seeds, the left column the row seeds.
+
+    \b
+    Example:
+      python style_mixing.py --network=snapshot.pkl --rows=1-4 --cols=10,20,30 \\
+          --styles=0-6 --outdir=out
+    """
+    print(f'Loading networks from "{network_pkl}"...')
+    device = default_device()
+    G = load_generator(network_pkl, device)
+    os.makedirs(outdir, exist_ok=True)
+    if G.c_dim != 0:
+        raise click.UsageError(f"style_mixing.py supports unconditional networks only; this one has c_dim={G.c_dim}")
+    if G.img_channels not in PNG_MODES:
+        raise click.UsageError(f"Cannot save images with {G.img_channels} channels; expected 1 or 3")
+    if not row_seeds or not col_seeds:
+        raise click.UsageError("--rows and --cols must each name at least one seed")
+    bad_styles = [idx for idx in col_styles if idx >= G.num_ws]
+    if bad_styles:
+        raise click.UsageError(f"--styles index {bad_styles[0]} is out of range: the network has {G.num_ws} W layers")
+
+    images = mix_styles(G, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, device)
+
+    print("Saving images...")
+    for (row_seed, col_seed), image in images.items():
+        to_pil(image).save(os.path.join(outdir, f"{row_seed}-{col_seed}.png"))
+
+    print("Saving image grid...")
+    grid = make_grid(images, row_seeds, col_seeds, G.img_resolution, G.img_channels)
+    grid.save(os.path.join(outdir, "grid.png"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    generate_style_mix()

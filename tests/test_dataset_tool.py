@@ -1,0 +1,515 @@
+"""dataset_tool.py: every source type, both destination types, transforms, dataset.json and the error cases."""
+
+import gzip
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+from click.testing import CliRunner
+from conftest import REPO_ROOT
+
+import dataset_tool
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def run_tool(*args: str):
+    return CliRunner().invoke(dataset_tool.main, [str(a) for a in args], catch_exceptions=False)
+
+
+def save_image(path, array: np.ndarray):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    PIL.Image.fromarray(array).save(path)
+
+
+def random_image(rng, height: int, width: int, channels: int = 3) -> np.ndarray:
+    shape = [height, width] if channels == 1 else [height, width, channels]
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def read_output(dest) -> dict:
+    """Return {name: bytes} for every file of a destination folder or zip."""
+    dest = str(dest)
+    if dest.endswith(".zip"):
+        with zipfile.ZipFile(dest) as z:
+            return {name: z.read(name) for name in z.namelist()}
+    files = {}
+    for root, _dirs, names in os.walk(dest):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, dest).replace(os.sep, "/")] = f.read()
+    return files
+
+
+def decode(data: bytes) -> tuple[np.ndarray, str]:
+    with PIL.Image.open(io.BytesIO(data)) as img:
+        return np.array(img), img.mode
+
+
+def assert_no_leftovers(folder, expected: set):
+    """Nothing but `expected` (in particular no temporary files) may remain in `folder`."""
+    assert set(os.listdir(folder)) == expected
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Image folder and zip sources
+
+
+def test_archive_name_layout():
+    assert dataset_tool.archive_name(0) == "00000/img00000000.png"
+    assert dataset_tool.archive_name(12345) == "00012/img00012345.png"
+    assert dataset_tool.archive_name(49999) == "00049/img00049999.png"
+
+
+def test_folder_to_zip_nested_sorted_componentwise(tmp_path):
+    rng = np.random.default_rng(1)
+    src = tmp_path / "src"
+    # Path-component order puts a/b.png before a-c.png, plain string order would not ('-' < '/').
+    names = ["a/b.png", "a-c.png", "z/deeper/d.bmp", "y.jpeg_not_image.txt"]
+    images = {}
+    for name in names[:3]:
+        images[name] = random_image(rng, 8, 8)
+        save_image(src / name, images[name])
+    (src / names[3]).write_text("not an image")
+    dest = tmp_path / "out" / "ds.zip"  # parent folder is created on demand
+
+    result = run_tool("--source", src, "--dest", dest)
+    assert result.exit_code == 0, result.stdout
+
+    with zipfile.ZipFile(dest) as z:
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in z.infolist())
+    files = read_output(dest)
+    assert sorted(files) == ["00000/img00000000.png", "00000/img00000001.png", "00000/img00000002.png", "dataset.json"]
+    assert json.loads(files["dataset.json"]) == {"labels": None}
+    for idx, src_name in enumerate(["a/b.png", "a-c.png", "z/deeper/d.bmp"]):
+        pixels, mode = decode(files[dataset_tool.archive_name(idx)])
+        assert mode == "RGB"
+        np.testing.assert_array_equal(pixels, images[src_name])
+    assert_no_leftovers(tmp_path / "out", {"ds.zip"})
+
+
+def test_png_is_stored_uncompressed(tmp_path):
+    src = tmp_path / "src"
+    save_image(src / "flat.png", np.zeros([16, 16, 3], np.uint8))
+    run_tool("--source", src, "--dest", tmp_path / "out")
+    data = (tmp_path / "out" / "00000" / "img00000000.png").read_bytes()
+    # Compression level 0 keeps the raw scanlines (16 rows x (1 filter byte + 48)), even for a constant image.
+    assert len(data) > 16 * 49
+
+
+def test_folder_grayscale_to_folder_with_labels(tmp_path):
+    rng = np.random.default_rng(2)
+    src = tmp_path / "src"
+    images = [random_image(rng, 4, 4, channels=1) for _ in range(3)]
+    for i, img in enumerate(images):
+        save_image(src / "sub" / f"g{i}.png", img)
+    labels = [["sub/g0.png", 3], ["sub/g1.png", [0.5, 1.5]], ["sub/g2.png", 0], ["missing.png", 7]]
+    (src / "dataset.json").write_text(json.dumps({"labels": labels}))
+    dest = tmp_path / "dest"
+    dest.mkdir()  # an existing empty folder is accepted
+
+    result = run_tool("--source", src, "--dest", dest)
+    assert result.exit_code == 0, result.stdout
+
+    files = read_output(dest)
+    assert set(files) == {f"00000/img0000000{i}.png" for i in range(3)} | {"dataset.json"}
+    assert json.loads(files["dataset.json"]) == {
+        "labels": [["00000/img00000000.png", 3], ["00000/img00000001.png", [0.5, 1.5]], ["00000/img00000002.png", 0]]
+    }
+    for i, img in enumerate(images):
+        pixels, mode = decode(files[dataset_tool.archive_name(i)])
+        assert mode == "L"
+        np.testing.assert_array_equal(pixels, img)
+    assert_no_leftovers(tmp_path, {"src", "dest"})
+
+
+def test_partial_labels_become_null(tmp_path):
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    for i in range(2):
+        save_image(src / f"{i}.png", random_image(rng, 4, 4))
+    (src / "dataset.json").write_text(json.dumps({"labels": [["0.png", 1]]}))
+    run_tool("--source", src, "--dest", tmp_path / "d.zip")
+    assert json.loads(read_output(tmp_path / "d.zip")["dataset.json"]) == {"labels": None}
+
+
+def test_zip_source_with_labels_and_max_images(tmp_path):
+    rng = np.random.default_rng(4)
+    source = tmp_path / "source.zip"
+    images = {name: random_image(rng, 8, 8) for name in ["b/x.png", "a.png", "c.PNG"]}
+    with zipfile.ZipFile(source, "w") as z:
+        for name, img in images.items():
+            buf = io.BytesIO()
+            PIL.Image.fromarray(img).save(buf, format="png")
+            z.writestr(name, buf.getvalue())
+        z.writestr("readme.txt", "ignored")
+        z.writestr("dataset.json", json.dumps({"labels": [["a.png", 1], ["b/x.png", 2], ["c.PNG", 0]]}))
+
+    result = run_tool("--source", source, "--dest", tmp_path / "out.zip", "--max-images", 2)
+    assert result.exit_code == 0, result.stdout
+    files = read_output(tmp_path / "out.zip")
+    # Member names sort as plain strings: 'a.png' < 'b/x.png' < 'c.PNG'; the limit keeps the first two.
+    assert json.loads(files["dataset.json"]) == {"labels": [["00000/img00000000.png", 1], ["00000/img00000001.png", 2]]}
+    np.testing.assert_array_equal(decode(files["00000/img00000000.png"])[0], images["a.png"])
+    np.testing.assert_array_equal(decode(files["00000/img00000001.png"])[0], images["b/x.png"])
+    assert len(files) == 3
+
+
+def test_max_images_zero_still_converts_one(tmp_path):
+    """Reference edge case: the stop test runs after yielding, so a limit of 0 yields the first image."""
+    rng = np.random.default_rng(5)
+    src = tmp_path / "src"
+    for i in range(3):
+        save_image(src / f"{i}.png", random_image(rng, 4, 4))
+    run_tool("--source", src, "--dest", tmp_path / "out", "--max-images", 0)
+    assert sorted(read_output(tmp_path / "out")) == ["00000/img00000000.png", "dataset.json"]
+
+
+def test_empty_folder_gives_empty_label_list(tmp_path):
+    (tmp_path / "src").mkdir()
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "out.zip")
+    assert result.exit_code == 0, result.stdout
+    assert read_output(tmp_path / "out.zip") == {"dataset.json": b'{"labels": []}'}
+
+
+def test_existing_zip_is_replaced(tmp_path):
+    rng = np.random.default_rng(6)
+    save_image(tmp_path / "src" / "a.png", random_image(rng, 4, 4))
+    dest = tmp_path / "out.zip"
+    dest.write_bytes(b"old content")
+    assert run_tool("--source", tmp_path / "src", "--dest", dest).exit_code == 0
+    assert sorted(read_output(dest)) == ["00000/img00000000.png", "dataset.json"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CIFAR-10, MNIST and LSUN sources
+
+
+@pytest.fixture(scope="module")
+def cifar_tarball(tmp_path_factory):
+    """A CIFAR-10-format tarball: five pickled batches of 10000 images (mostly zeros to keep it small)."""
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz"
+    data = np.zeros([50000, 3 * 32 * 32], np.uint8)
+    data[:5] = rng.integers(0, 256, size=[5, 3 * 32 * 32], dtype=np.uint8)
+    data[0, 0], data[0, 1] = 0, 255
+    labels = [int(x) for x in np.arange(50000) % 10]
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for b in range(5):
+            batch = {"batch_label": f"batch {b + 1}", "data": data[b * 10000 : (b + 1) * 10000]}
+            batch["labels"] = labels[b * 10000 : (b + 1) * 10000]
+            payload = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/data_batch_{b + 1}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path, data, labels
+
+
+def test_cifar10(tmp_path, cifar_tarball):
+    path, data, labels = cifar_tarball
+    result = run_tool("--source", path, "--dest", tmp_path / "cifar.zip", "--max-images", 4)
+    assert result.exit_code == 0, result.stdout
+    files = read_output(tmp_path / "cifar.zip")
+    meta = json.loads(files["dataset.json"])
+    assert meta == {"labels": [[dataset_tool.archive_name(i), labels[i]] for i in range(4)]}
+    assert all(isinstance(label, int) for _name, label in meta["labels"])
+    for i in range(4):
+        pixels, mode = decode(files[dataset_tool.archive_name(i)])
+        assert mode == "RGB"
+        np.testing.assert_array_equal(pixels, data[i].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_output_loads_in_training_dataset(tmp_path, cifar_tarball):
+    """The archive is what training.dataset.ImageFolderDataset expects: images CHW uint8, one-hot labels."""
+    from training.dataset import ImageFolderDataset
+
+    path, data, labels = cifar_tarball
+    assert run_tool("--source", path, "--dest", tmp_path / "cifar.zip", "--max-images", 3).exit_code == 0
+    dataset = ImageFolderDataset(path=str(tmp_path / "cifar.zip"), use_labels=True)
+    assert len(dataset) == 3 and dataset.resolution == 32 and dataset.num_channels == 3
+    for i in range(3):
+        image, label = dataset[i]
+        np.testing.assert_array_equal(image, data[i].reshape(3, 32, 32))
+        assert label.shape == (max(labels[:3]) + 1,) and label[labels[i]] == 1 and label.sum() == 1
+    dataset.close()
+
+
+def test_cifar10_wrong_size_is_reported(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for b in range(5):
+            payload = pickle.dumps({"data": np.zeros([2, 3072], np.uint8), "labels": [0, 1]})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/data_batch_{b + 1}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    result = run_tool("--source", path, "--dest", tmp_path / "out.zip")
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"Error: {path}: expected 50000 uint8 images of shape (32, 32, 3)")
+    assert not (tmp_path / "out.zip").exists()
+
+
+def write_mnist(folder, images: np.ndarray, labels: np.ndarray):
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write(bytes(16) + images.tobytes())
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write(bytes(8) + labels.tobytes())
+
+
+def test_mnist(tmp_path):
+    rng = np.random.default_rng(8)
+    images = np.zeros([60000, 28, 28], np.uint8)
+    images[:3] = rng.integers(0, 256, size=[3, 28, 28], dtype=np.uint8)
+    images[0, 0, 0], images[0, 0, 1] = 0, 255
+    labels = (np.arange(60000) % 10).astype(np.uint8)[::-1].copy()
+    write_mnist(tmp_path / "mnist", images, labels)
+
+    source = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    result = run_tool("--source", source, "--dest", tmp_path / "out", "--max-images", 3)
+    assert result.exit_code == 0, result.stdout
+    files = read_output(tmp_path / "out")
+    assert json.loads(files["dataset.json"]) == {"labels": [[dataset_tool.archive_name(i), 9 - i] for i in range(3)]}
+    for i in range(3):
+        pixels, mode = decode(files[dataset_tool.archive_name(i)])
+        assert mode == "L" and pixels.shape == (32, 32)
+        np.testing.assert_array_equal(pixels[2:30, 2:30], images[i])
+        assert not pixels[:2].any() and not pixels[30:].any() and not pixels[:, :2].any() and not pixels[:, 30:].any()
+
+
+def test_mnist_missing_labels_file(tmp_path):
+    folder = tmp_path / "mnist"
+    write_mnist(folder, np.zeros([1, 28, 28], np.uint8), np.zeros([1], np.uint8))
+    os.remove(folder / "train-labels-idx1-ubyte.gz")
+    result = run_tool("--source", folder / "train-images-idx3-ubyte.gz", "--dest", tmp_path / "o.zip")
+    assert result.exit_code == 1
+    assert "Error: Missing MNIST labels file" in result.stdout
+
+
+def write_lmdb(path, values: list[bytes]):
+    lmdb = pytest.importorskip("lmdb")
+    with lmdb.open(str(path), map_size=1 << 24) as env, env.begin(write=True) as txn:
+        for i, value in enumerate(values):
+            txn.put(f"key{i:03d}".encode(), value)
+
+
+def png_bytes(img: np.ndarray, fmt: str = "png") -> bytes:
+    buf = io.BytesIO()
+    PIL.Image.fromarray(img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_lsun_lmdb_skips_unreadable_entries_by_default(tmp_path):
+    rng = np.random.default_rng(9)
+    images = [random_image(rng, 8, 8) for _ in range(3)]
+    # A grayscale entry is decoded as colour (3 channels), as OpenCV's colour mode does.
+    gray = random_image(rng, 8, 8, channels=1)
+    values = [png_bytes(images[0]), b"garbage", png_bytes(images[1]), png_bytes(gray), png_bytes(images[2])]
+    source = tmp_path / "church_lmdb"
+    write_lmdb(source, values)
+
+    # The corrupt entry counts toward --max-images but gets no output index.
+    result = run_tool("--source", str(source) + "/", "--dest", tmp_path / "out.zip", "--max-images", 4)
+    assert result.exit_code == 0, result.stdout
+    files = read_output(tmp_path / "out.zip")
+    assert sorted(files) == [dataset_tool.archive_name(i) for i in range(3)] + ["dataset.json"]
+    assert json.loads(files["dataset.json"]) == {"labels": None}
+    np.testing.assert_array_equal(decode(files[dataset_tool.archive_name(0)])[0], images[0])
+    np.testing.assert_array_equal(decode(files[dataset_tool.archive_name(1)])[0], images[1])
+    np.testing.assert_array_equal(decode(files[dataset_tool.archive_name(2)])[0], np.stack([gray] * 3, axis=2))
+
+
+def test_lsun_lmdb_stop_on_unreadable(tmp_path):
+    rng = np.random.default_rng(10)
+    source = tmp_path / "cat_lmdb"
+    write_lmdb(source, [png_bytes(random_image(rng, 8, 8)), b"garbage"])
+    result = run_tool("--source", source, "--dest", tmp_path / "out.zip", "--on-unreadable", "stop")
+    assert result.exit_code == 1
+    assert f"Error: Cannot read source image {source} (key key001)" in result.stdout
+    assert_no_leftovers(tmp_path, {"cat_lmdb"})
+
+
+def test_lsun_without_lmdb_package_gives_install_hint(tmp_path, monkeypatch):
+    (tmp_path / "x_lmdb").mkdir()
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # makes `import lmdb` raise ImportError
+    result = run_tool("--source", tmp_path / "x_lmdb", "--dest", tmp_path / "out.zip")
+    assert result.exit_code == 1
+    assert "pip install lmdb" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transforms
+
+
+def test_resize_without_transform(tmp_path):
+    rng = np.random.default_rng(11)
+    img = random_image(rng, 12, 20)
+    save_image(tmp_path / "src" / "a.png", img)
+    for filt, resample in [("lanczos", PIL.Image.LANCZOS), ("box", PIL.Image.BOX)]:
+        dest = tmp_path / f"{filt}.zip"
+        args = ["--source", tmp_path / "src", "--dest", dest, "--width", 8, "--height", 8, "--resize-filter", filt]
+        assert run_tool(*args).exit_code == 0
+        expected = np.array(PIL.Image.fromarray(img).resize((8, 8), resample))
+        np.testing.assert_array_equal(decode(read_output(dest)["00000/img00000000.png"])[0], expected)
+
+
+def test_center_crop(tmp_path):
+    rng = np.random.default_rng(12)
+    img = random_image(rng, 10, 17)
+    save_image(tmp_path / "src" / "a.png", img)
+    args = ["--source", tmp_path / "src", "--dest", tmp_path / "o.zip", "--transform", "center-crop"]
+    assert run_tool(*args, "--width", 4, "--height", 4).exit_code == 0
+    crop = img[0:10, 3:13]  # s = 10, columns (17-10)//2 = 3 .. (17+10)//2 - 1 = 12
+    expected = np.array(PIL.Image.fromarray(crop).resize((4, 4), PIL.Image.LANCZOS))
+    np.testing.assert_array_equal(decode(read_output(tmp_path / "o.zip")["00000/img00000000.png"])[0], expected)
+
+
+def test_center_crop_wide_letterbox_and_drop(tmp_path):
+    rng = np.random.default_rng(13)
+    wide = random_image(rng, 13, 16)  # ch = round(16*13/16) = 13 >= 12: kept
+    narrow = random_image(rng, 20, 12)  # narrower than --width: dropped, its index stays unused
+    short = random_image(rng, 8, 32)  # ch = round(16*8/32) = 4 < 12: dropped
+    for name, img in [("a.png", wide), ("b.png", narrow), ("c.png", short), ("d.png", wide[::-1])]:
+        save_image(tmp_path / "src" / name, img)
+    args = ["--source", tmp_path / "src", "--dest", tmp_path / "o", "--transform", "center-crop-wide"]
+    result = run_tool(*args, "--width", 16, "--height", 12, "--resize-filter", "box")
+    assert result.exit_code == 0, result.stdout
+    files = read_output(tmp_path / "o")
+    assert sorted(files) == ["00000/img00000000.png", "00000/img00000003.png", "dataset.json"]
+    for name, img in [("00000/img00000000.png", wide), ("00000/img00000003.png", wide[::-1])]:
+        expected = np.zeros([16, 16, 3], np.uint8)
+        rows = img[0:13]  # (13-13)//2 .. (13+13)//2 - 1
+        expected[2:14] = np.array(PIL.Image.fromarray(np.ascontiguousarray(rows)).resize((16, 12), PIL.Image.BOX))
+        np.testing.assert_array_equal(decode(files[name])[0], expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_empty_dest_is_usage_error(tmp_path):
+    result = CliRunner().invoke(dataset_tool.main, ["--source", str(tmp_path), "--dest", ""])
+    assert result.exit_code == 2
+    assert "--dest output filename or directory must not be an empty string" in result.stderr
+
+
+def test_missing_and_unknown_sources(tmp_path):
+    missing = tmp_path / "nope"
+    result = run_tool("--source", missing, "--dest", tmp_path / "o.zip")
+    assert (result.exit_code, result.stdout.strip()) == (1, f"Error: Missing input file or directory: {missing}")
+    other = tmp_path / "data.tar"
+    other.write_bytes(b"x")
+    result = run_tool("--source", other, "--dest", tmp_path / "o.zip")
+    assert result.exit_code == 1 and result.stdout.startswith(f"Error: Unknown source type: {other}")
+    assert_no_leftovers(tmp_path, {"data.tar"})
+
+
+def test_nonempty_dest_folder(tmp_path):
+    save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "keep.txt").write_text("x")
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "dest")
+    assert (result.exit_code, result.stdout.strip()) == (1, "Error: --dest folder must be empty")
+    assert os.listdir(tmp_path / "dest") == ["keep.txt"]
+
+
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        ("center-crop", "Error: must specify --width and --height when using center-croptransform"),
+        ("center-crop-wide", "Error: must specify --width and --height when using center-crop-wide transform"),
+    ],
+)
+def test_crop_needs_width_and_height(tmp_path, transform, message):
+    save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
+    result = run_tool(
+        "--source", tmp_path / "src", "--dest", tmp_path / "o.zip", "--transform", transform, "--width", 4
+    )
+    assert (result.exit_code, result.stdout.strip()) == (1, message)
+    assert_no_leftovers(tmp_path, {"src"})
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((4, 8, 4), "Error: Image dimensions after scale and crop are required to be square.  Got 8x4"),
+        ((4, 4, 4), "Error: Input images must be stored as RGB or grayscale"),
+        ((6, 6, 3), "Error: Image width/height after scale and crop are required to be power-of-two"),
+    ],
+)
+def test_first_image_checks(tmp_path, shape, message):
+    save_image(tmp_path / "src" / "a.png", np.zeros(shape, np.uint8))
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "out")
+    assert (result.exit_code, result.stdout.strip()) == (1, message)
+    assert_no_leftovers(tmp_path, {"src"})
+
+
+def test_crop_of_grayscale_and_16bit_images_are_reported(tmp_path):
+    save_image(tmp_path / "gray" / "a.png", np.zeros([8, 8], np.uint8))
+    args = ["--source", tmp_path / "gray", "--dest", tmp_path / "o.zip", "--transform", "center-crop"]
+    result = run_tool(*args, "--width", 4, "--height", 4)
+    assert result.exit_code == 1
+    expected = "Error: Image 00000/img00000000.png: this transform needs RGB images, got an array of shape [8, 8]"
+    assert result.stdout.strip() == expected
+    save_image(tmp_path / "deep" / "a.png", np.zeros([8, 8], np.uint16))  # a 16-bit grayscale PNG
+    result = run_tool("--source", tmp_path / "deep", "--dest", tmp_path / "o.zip")
+    assert result.exit_code == 1
+    assert result.stdout.strip() == "Error: Image 00000/img00000000.png: expected 8 bits per channel, found uint16"
+    assert_no_leftovers(tmp_path, {"gray", "deep"})
+
+
+def test_mismatched_image_leaves_no_partial_output(tmp_path):
+    save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
+    save_image(tmp_path / "src" / "b.png", np.zeros([8, 8], np.uint8))
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "out.zip")
+    assert result.exit_code == 1
+    assert result.stdout.strip() == (
+        "Error: Image 00000/img00000001.png attributes must be equal across all images of the dataset.  Got:\n"
+        "  dataset width/cur image width: 4/8\n"
+        "  dataset height/cur image height: 4/8\n"
+        "  dataset channels/cur image channels: 3/1"
+    )
+    assert_no_leftovers(tmp_path, {"src"})
+
+
+def test_unreadable_folder_image_stops_by_default_and_can_be_skipped(tmp_path):
+    rng = np.random.default_rng(14)
+    good = [random_image(rng, 4, 4) for _ in range(2)]
+    save_image(tmp_path / "src" / "a.png", good[0])
+    (tmp_path / "src" / "b.png").write_bytes(b"not a png")
+    save_image(tmp_path / "src" / "c.png", good[1])
+
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"Error: Cannot read source image {tmp_path / 'src' / 'b.png'}: ")
+    assert_no_leftovers(tmp_path, {"src"})
+
+    runner = CliRunner()
+    args = ["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "out"), "--on-unreadable", "skip"]
+    result = runner.invoke(dataset_tool.main, args, catch_exceptions=False)
+    assert result.exit_code == 0
+    assert f"Warning: skipping unreadable source image {tmp_path / 'src' / 'b.png'}" in result.stderr
+    files = read_output(tmp_path / "out")
+    assert sorted(files) == ["00000/img00000000.png", "00000/img00000001.png", "dataset.json"]
+    np.testing.assert_array_equal(decode(files["00000/img00000001.png"])[0], good[1])
+
+
+def test_real_command_line(tmp_path):
+    save_image(tmp_path / "src" / "a.png", np.full([4, 4, 3], 7, np.uint8))
+    cmd = [sys.executable, "dataset_tool.py", "--source", str(tmp_path / "src"), "--dest", str(tmp_path / "o.zip")]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        decode(read_output(tmp_path / "o.zip")["00000/img00000000.png"])[0].tolist() == np.full([4, 4, 3], 7).tolist()
+    )
+    proc = subprocess.run([sys.executable, "dataset_tool.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and "center-crop-wide" in proc.stdout and "dataset.json" in proc.stdout

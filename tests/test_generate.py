@@ -1,0 +1,244 @@
+"""generate.py: seed parsing, seed -> z mapping, uint8 conversion and the real command line on tiny snapshots."""
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import REPO_ROOT
+
+import generate
+
+Z_DIM = 16
+W_DIM = 16
+RESOLUTION = 32
+
+
+def build_snapshot(path, c_dim: int = 0, seed: int = 0, img_channels: int = 3):
+    """Write a training-style snapshot pickle with a tiny random G_ema (non-zero w_avg and noise strengths)."""
+    from training import networks
+
+    torch.manual_seed(seed)
+    kwargs = dict(
+        z_dim=Z_DIM,
+        c_dim=c_dim,
+        w_dim=W_DIM,
+        img_resolution=RESOLUTION,
+        img_channels=img_channels,
+        mapping_kwargs=dict(num_layers=2),
+        synthesis_kwargs=dict(channel_base=128, channel_max=8),
+    )
+    G = networks.Generator(**kwargs).eval().requires_grad_(False)
+    with torch.no_grad():
+        G.mapping.w_avg.copy_(torch.randn([W_DIM]))  # makes truncation visible
+        for name, param in G.named_parameters():
+            if name.endswith("noise_strength"):
+                param.fill_(0.5)  # makes the noise mode visible
+    D = networks.Discriminator(
+        c_dim=c_dim, img_resolution=RESOLUTION, img_channels=img_channels, channel_base=128, channel_max=8
+    )
+    snapshot = dict(G=G, D=D, G_ema=G, augment_pipe=None, training_set_kwargs=None)
+    with open(path, "wb") as f:
+        pickle.dump(snapshot, f)
+    return G
+
+
+@pytest.fixture(scope="module")
+def uncond_pkl(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nets") / "uncond.pkl"
+    return str(path), build_snapshot(path, c_dim=0)
+
+
+@pytest.fixture(scope="module")
+def cond_pkl(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nets") / "cond.pkl"
+    return str(path), build_snapshot(path, c_dim=4, seed=1)
+
+
+def run_cli(*args):
+    return CliRunner().invoke(generate.generate_images, [str(a) for a in args], catch_exceptions=False)
+
+
+def read_png(path) -> np.ndarray:
+    with PIL.Image.open(path) as img:
+        assert img.mode == "RGB"
+        return np.array(img)
+
+
+def on_tool_device(G):
+    """The tools run on CUDA when present; compute expectations there too."""
+    return copy.deepcopy(G).to(generate.default_device())
+
+
+def assert_same_image(actual: np.ndarray, expected: np.ndarray, name: str = ""):
+    """Bit-exact on the CPU; CUDA kernels may round differently, so allow one code value there."""
+    assert actual.shape == expected.shape, name
+    if generate.default_device().type == "cpu":
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+    else:
+        assert np.abs(actual.astype(int) - expected.astype(int)).max() <= 1, name
+
+
+def expected_image(G, seed, c=None, **kwargs) -> np.ndarray:
+    """Reference rendering: z = RandomState(seed).randn(1, z_dim), G(z, c, ...), then x*127.5 + 128 -> uint8."""
+    G = on_tool_device(G)
+    device = generate.default_device()
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).to(device)
+    c = torch.zeros([1, G.c_dim]) if c is None else c
+    with torch.no_grad():
+        img = G(z, c.to(device), **kwargs)
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_num_range_parser():
+    assert generate.parse_num_range("600-605") == [600, 601, 602, 603, 604, 605]
+    assert generate.parse_num_range("85,265,297") == [85, 265, 297]
+    assert generate.parse_num_range("7") == [7]
+    assert generate.parse_num_range("5-3") == []
+
+
+def test_mixed_seed_list_is_rejected(tmp_path):
+    args = ["--network", "x.pkl", "--seeds", "0-3,7", "--outdir", str(tmp_path)]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 2
+    assert "Invalid value for '--seeds': invalid literal for int() with base 10: '0-3'" in result.stderr
+
+
+def test_seed_to_z_vector():
+    z = generate.seed_to_z(0, 512)
+    assert z.shape == (1, 512) and z.dtype == np.float64
+    np.testing.assert_allclose(z[0, :4], [1.76405235, 0.40015721, 0.97873798, 2.2408932], rtol=0, atol=1e-8)
+
+
+def test_uint8_conversion():
+    x = torch.tensor([-1.0, 0.0, 0.5, 1.0, -3.0, 3.0]).reshape(1, 1, 1, 6)
+    assert generate.to_uint8_images(x).reshape(-1).tolist() == [0, 128, 191, 255, 0, 255]
+
+
+def test_seeds_match_direct_generator_call(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    outdir = tmp_path / "out" / "nested"  # parents are created
+    result = run_cli("--network", pkl, "--seeds", "0,12345", "--trunc", 0.7, "--outdir", outdir)
+    assert result.exit_code == 0, result.output
+    assert f'Loading networks from "{pkl}"...' in result.stdout
+    assert "Generating image for seed 0 (0/2) ..." in result.stdout
+    assert "Generating image for seed 12345 (1/2) ..." in result.stdout
+    assert sorted(os.listdir(outdir)) == ["seed0000.png", "seed12345.png"]
+    for seed, name in [(0, "seed0000.png"), (12345, "seed12345.png")]:
+        actual = read_png(outdir / name)
+        assert actual.shape == (RESOLUTION, RESOLUTION, 3)
+        assert_same_image(actual, expected_image(G, seed, truncation_psi=0.7, noise_mode="const"), name)
+    # Truncation really took part.
+    assert not np.array_equal(read_png(outdir / "seed0000.png"), expected_image(G, 0, noise_mode="const"))
+
+
+def test_seed_range_and_noise_modes(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    assert run_cli("--network", pkl, "--seeds", "3-4", "--noise-mode", "none", "--outdir", tmp_path).exit_code == 0
+    assert sorted(os.listdir(tmp_path)) == ["seed0003.png", "seed0004.png"]
+    assert_same_image(read_png(tmp_path / "seed0004.png"), expected_image(G, 4, noise_mode="none"))
+    assert run_cli("--network", pkl, "--seeds", "4", "--noise-mode", "random", "--outdir", tmp_path).exit_code == 0
+    random_img = read_png(tmp_path / "seed0004.png")
+    assert not np.array_equal(random_img, expected_image(G, 4, noise_mode="const"))
+    assert not np.array_equal(random_img, expected_image(G, 4, noise_mode="none"))
+
+
+def test_network_given_as_file_url(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    result = run_cli("--network", "file://" + pkl, "--seeds", "5", "--outdir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert_same_image(read_png(tmp_path / "seed0005.png"), expected_image(G, 5, noise_mode="const"))
+
+
+def test_missing_seeds_is_usage_error_after_outdir_created(tmp_path, uncond_pkl):
+    outdir = tmp_path / "out"
+    result = CliRunner().invoke(generate.generate_images, ["--network", uncond_pkl[0], "--outdir", str(outdir)])
+    assert result.exit_code == 2
+    assert "--seeds option is required when not using --projected-w" in result.stderr
+    assert outdir.is_dir() and not os.listdir(outdir)
+
+
+def test_class_ignored_for_unconditional(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    result = run_cli("--network", pkl, "--seeds", "1", "--class", 3, "--outdir", tmp_path)
+    assert result.exit_code == 0
+    assert "warn: --class=lbl ignored when running on an unconditional network" in result.stdout
+    assert_same_image(read_png(tmp_path / "seed0001.png"), expected_image(G, 1, noise_mode="const"))
+
+
+def test_conditional_network(tmp_path, cond_pkl):
+    pkl, G = cond_pkl
+    result = CliRunner().invoke(generate.generate_images, ["--network", pkl, "--seeds", "1", "--outdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "Must specify class label with --class when using a conditional network" in result.stderr
+
+    result = CliRunner().invoke(
+        generate.generate_images, ["--network", pkl, "--seeds", "1", "--class", "4", "--outdir", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--class=4 is out of range" in result.stderr
+
+    assert run_cli("--network", pkl, "--seeds", "1,2", "--class", 2, "--outdir", tmp_path).exit_code == 0
+    onehot = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    for seed in [1, 2]:
+        expected = expected_image(G, seed, c=onehot, noise_mode="const")
+        assert_same_image(read_png(tmp_path / f"seed{seed:04d}.png"), expected)
+    other_class = expected_image(G, 1, c=torch.tensor([[1.0, 0.0, 0.0, 0.0]]), noise_mode="const")
+    assert not np.array_equal(read_png(tmp_path / "seed0001.png"), other_class)
+
+
+def test_projected_w(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    ws = np.random.RandomState(9).randn(3, G.num_ws, G.w_dim).astype(np.float32)
+    npz = tmp_path / "projected_w.npz"
+    np.savez(npz, w=ws)
+    outdir = tmp_path / "out"
+    result = run_cli("--network", pkl, "--projected-w", npz, "--seeds", "1-2", "--outdir", outdir)
+    assert result.exit_code == 0, result.output
+    assert "warn: --seeds is ignored when using --projected-w" in result.stdout
+    assert f'Generating images from projected W "{npz}"' in result.stdout
+    assert sorted(os.listdir(outdir)) == ["proj00.png", "proj01.png", "proj02.png"]
+    G = on_tool_device(G)
+    for k in range(3):
+        with torch.no_grad():
+            img = G.synthesis(torch.from_numpy(ws[k : k + 1]).to(generate.default_device()), noise_mode="const")
+        assert_same_image(read_png(outdir / f"proj{k:02d}.png"), generate.to_uint8_images(img)[0])
+
+
+def test_projected_w_wrong_shape(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    npz = tmp_path / "w.npz"
+    np.savez(npz, w=np.zeros([1, G.num_ws + 1, G.w_dim], np.float32))
+    result = CliRunner().invoke(
+        generate.generate_images, ["--network", pkl, "--projected-w", str(npz), "--outdir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert f"expected w of shape [K, {G.num_ws}, {G.w_dim}]" in result.stderr
+    assert not os.listdir(tmp_path / "o")
+
+
+def test_grayscale_network_writes_8bit_gray_png(tmp_path):
+    """Extension: the reference saves RGB only; a 1-channel generator is saved as mode L instead of failing."""
+    G = build_snapshot(tmp_path / "gray.pkl", img_channels=1, seed=3)
+    assert run_cli("--network", tmp_path / "gray.pkl", "--seeds", "2", "--outdir", tmp_path).exit_code == 0
+    with PIL.Image.open(tmp_path / "seed0002.png") as img:
+        assert img.mode == "L"
+        assert_same_image(np.array(img)[:, :, None], expected_image(G, 2, noise_mode="const"))
+
+
+def test_real_command_line(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    cmd = [sys.executable, "generate.py", "--network", pkl, "--seeds", "85", "--outdir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # A separate process may use other thread counts, hence other float summation orders: allow one code value.
+    diff = read_png(tmp_path / "seed0085.png").astype(int) - expected_image(G, 85, noise_mode="const")
+    assert np.abs(diff).max() <= 1
