@@ -1,8 +1,6 @@
 """Vector parity of the custom ops' reference paths (setup_filter, upfirdn2d & wrappers, bias_act, conv2d_resample,
 fma) against tests/data/ops_*.npz, plus the worked examples of the foundation spec and the impl selection rules."""
 
-import sys
-import types
 import warnings
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 import torch
 from conftest import assert_close, cuda_only, json_value, load_vectors
 
+from torch_utils import custom_ops
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
 OPS_TOL = 1e-5  # outputs and first-order gradients (vectors README)
@@ -322,10 +321,7 @@ def test_build_failure_warns_once_with_details(fresh_op_module, tmp_path, monkey
     def failing_get_plugin(**kwargs):
         raise RuntimeError("simulated compiler failure")
 
-    fake = types.ModuleType("torch_utils.custom_ops")
-    fake.get_plugin = failing_get_plugin
-    monkeypatch.setitem(sys.modules, "torch_utils.custom_ops", fake)
-    monkeypatch.setattr(sys.modules["torch_utils"], "custom_ops", fake, raising=False)
+    monkeypatch.setattr(custom_ops, "get_plugin", failing_get_plugin)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert fresh_op_module._init() is False
@@ -333,6 +329,29 @@ def test_build_failure_warns_once_with_details(fresh_op_module, tmp_path, monkey
     assert len(caught) == 1
     message = str(caught[0].message)
     assert message.startswith("Failed to build CUDA kernels for") and "simulated compiler failure" in message
+
+
+def test_plugin_that_fails_its_self_check_is_not_used(tmp_path, monkeypatch):
+    """A plugin that builds but disagrees with the reference path is dropped after one warning."""
+    for name in ["k.cpp", "k.h"]:
+        (tmp_path / name).write_text("// placeholder\n")
+    built = object()
+    monkeypatch.setattr(custom_ops, "get_plugin", lambda **kwargs: built)
+    checked = []
+
+    def disagreeing_check(plugin):
+        checked.append(plugin)
+        return "max |y - ref| = 3"
+
+    kwargs = dict(op_name="myop", module_name="k_plugin", sources=["k.cpp"], headers=["k.h"], source_dir=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert custom_ops.load_optional_plugin(**kwargs, self_check=disagreeing_check) is None
+        assert custom_ops.load_optional_plugin(**kwargs, self_check=lambda plugin: None) is built
+    assert checked == [built]
+    assert len(caught) == 1
+    assert "disagree with the reference implementation" in str(caught[0].message)
+    assert "max |y - ref| = 3" in str(caught[0].message)
 
 
 @cuda_only

@@ -15,7 +15,9 @@ import os
 import re
 import shutil
 import sys
+import traceback
 import uuid
+import warnings
 
 import torch
 import torch.utils.cpp_extension
@@ -179,3 +181,41 @@ def get_plugin(module_name, sources, headers=None, source_dir=None, **build_kwar
     _status(f'Done setting up PyTorch plugin "{module_name}".', "Done.")
     _cached_plugins[module_name] = module
     return module
+
+
+# ----------------------------------------------------------------------------
+
+
+def load_optional_plugin(op_name, module_name, sources, headers, source_dir, self_check=None, **build_kwargs):
+    """The native plugin of op `op_name`, or None after exactly one warning saying why; never raises.
+
+    Missing sources and build errors give the reference's "Failed to build CUDA kernels for ..." warning with the
+    details. `self_check(plugin)` (optional) runs the plugin once on a small input against the op's reference path
+    and returns None when they agree, or a description of the disagreement; a plugin that disagrees is not used.
+    """
+    fallback = f"Failed to build CUDA kernels for {op_name}. Falling back to slow reference implementation."
+    missing = [name for name in list(sources) + list(headers) if not os.path.isfile(os.path.join(source_dir, name))]
+    if missing:
+        details = f"native sources not found in {source_dir}: {', '.join(missing)}"
+        warnings.warn(f"{fallback} Details: {details}", stacklevel=3)
+        return None
+    try:
+        plugin = get_plugin(
+            module_name=module_name, sources=sources, headers=headers, source_dir=source_dir, **build_kwargs
+        )
+    except Exception:
+        warnings.warn(f"{fallback} Details:\n\n{traceback.format_exc()}", stacklevel=3)
+        return None
+    if self_check is not None:
+        try:
+            problem = self_check(plugin)
+        except Exception:
+            problem = traceback.format_exc()
+        if problem is not None:
+            warnings.warn(
+                f"The CUDA kernels for {op_name} built but disagree with the reference implementation on a "
+                f"self-check; using the reference implementation. Details: {problem}",
+                stacklevel=3,
+            )
+            return None
+    return plugin
