@@ -1,0 +1,155 @@
+"""--resume: continuing from one of our snapshots reproduces the uninterrupted run bit for bit, even after SIGKILL;
+a pickle without a resume_state lends only its weights and the run counts from kimg 0."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+# Ticks of 16 images with batch 4: tick 0 = iteration 1, tick 1 = iterations 2-5, tick 2 = 6-9, tick 3 = 10-13.
+# ADA updates after iterations 4, 8 and 12, so the resumed part starts with ADA statistics pending; G regularises
+# every 4 iterations; the EMA ramp-up (auto config) changes beta every iteration.
+RUN_OPTIONS = [
+    "--cbase=256", "--cmax=32", "--map=2", "--batch=4", "--workers=1", "--metrics=none", "--fp32=1", "--aug=ada",
+    "--snap=1", "--kimg=0.052", "--tick=0.016",
+]  # fmt: skip
+SNAPSHOT = "network-snapshot-000000.pkl"  # Every snapshot of these short runs has this name (cur_nimg // 1000 = 0).
+
+
+def write_image_folder(path, count: int, resolution: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    os.makedirs(path, exist_ok=True)
+    for idx in range(count):
+        pixels = rng.integers(0, 256, size=[resolution, resolution, 3], dtype=np.uint8)
+        PIL.Image.fromarray(pixels).save(os.path.join(path, f"img{idx:03d}.png"))
+    return str(path)
+
+
+def train_command(outdir, data, *extra) -> list[str]:
+    return [sys.executable, "train.py", f"--outdir={outdir}", f"--data={data}", *RUN_OPTIONS, *extra]
+
+
+def run_to_end(outdir, data, *extra) -> str:
+    result = subprocess.run(train_command(outdir, data, *extra), cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_name,) = os.listdir(outdir)
+    return os.path.join(outdir, run_name)
+
+
+def stats_lines(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "stats.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f.read().splitlines() if line.endswith("}")]
+
+
+def load_snapshot(path: str) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def assert_same_tensors(actual, expected, what: str):
+    """Bitwise equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and actual.dtype == expected.dtype, what
+        assert torch.equal(actual, expected), f"{what} differs"
+    elif isinstance(expected, dict):
+        assert list(actual) == list(expected), what
+        for key in expected:
+            assert_same_tensors(actual[key], expected[key], f"{what}.{key}")
+    elif isinstance(expected, list | tuple):
+        assert len(actual) == len(expected), what
+        for idx, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same_tensors(a, e, f"{what}[{idx}]")
+    elif isinstance(expected, np.ndarray):
+        assert np.array_equal(actual, expected), f"{what} differs"
+    else:
+        assert actual == expected, f"{what}: {actual!r} != {expected!r}"
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("data") / "data16", count=16, resolution=16)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
+    uninterrupted = run_to_end(tmp_path / "a", data16)
+
+    # The same run, killed with SIGKILL early in tick 2 (after tick 1's snapshot and statistics were written).
+    os.makedirs(tmp_path / "b")
+    process = subprocess.Popen(
+        train_command(tmp_path / "b", data16), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            run_dirs = os.listdir(tmp_path / "b")
+            if run_dirs and len(stats_lines(os.path.join(tmp_path / "b", run_dirs[0]))) >= 2:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    (killed_name,) = os.listdir(tmp_path / "b")
+    killed = os.path.join(tmp_path / "b", killed_name)
+    assert len(stats_lines(killed)) == 2, "the kill came too late: tick 2 had already finished"
+    assert not [name for name in os.listdir(killed) if name.endswith(".tmp")], "a torn temporary file was left"
+    resume_from = load_snapshot(os.path.join(killed, SNAPSHOT))
+    assert (resume_from["resume_state"]["cur_nimg"], resume_from["resume_state"]["cur_tick"]) == (20, 2)
+
+    resumed = run_to_end(tmp_path / "c", data16, f"--resume={os.path.join(killed, SNAPSHOT)}")
+    assert resumed.endswith("-resumecustom")
+    with open(os.path.join(resumed, "log.txt")) as f:
+        log = f.read()
+    assert "Continuing the earlier run at kimg 0.02, tick 2." in log
+    assert "Continuing the earlier run's schedule: ema_rampup = 0.05" in log
+    assert [line.split()[1] for line in log.splitlines() if line.startswith("tick ")] == ["2", "3"]
+    assert [entry["Progress/tick"]["mean"] for entry in stats_lines(resumed)] == [2, 3]
+    assert [entry["Progress/tick"]["mean"] for entry in stats_lines(uninterrupted)] == [0, 1, 2, 3]
+    for name in ["reals.png", "fakes_init.png", "fakes000000.png"]:
+        assert os.path.exists(os.path.join(resumed, name)), name
+
+    expected = load_snapshot(os.path.join(uninterrupted, SNAPSHOT))
+    actual = load_snapshot(os.path.join(resumed, SNAPSHOT))
+    for key in ["G", "D", "G_ema"]:
+        assert_same_tensors(actual[key].state_dict(), expected[key].state_dict(), key)
+    assert_same_tensors(actual["augment_pipe"].p, expected["augment_pipe"].p, "augment_pipe.p")
+    expected_state, actual_state = expected["resume_state"], actual["resume_state"]
+    assert (expected_state["cur_nimg"], expected_state["cur_tick"], expected_state["batch_idx"]) == (52, 4, 13)
+    for key in ["cur_nimg", "cur_tick", "batch_idx", "pl_mean", "ada_pending", "schedule", "optimizers"]:
+        assert_same_tensors(actual_state[key], expected_state[key], key)
+    assert_same_tensors(actual_state["rng"][0]["torch"], expected_state["rng"][0]["torch"], "torch RNG")
+    assert_same_tensors(list(actual_state["rng"][0]["numpy"]), list(expected_state["rng"][0]["numpy"]), "numpy RNG")
+    # The run really trained: the weights moved away from the snapshot it resumed from.
+    assert not torch.equal(
+        actual["G"].state_dict()["mapping.fc0.weight"], resume_from["G"].state_dict()["mapping.fc0.weight"]
+    )
+
+    # A pickle without resume_state (e.g. the reference's) gives only its weights: the run starts at kimg 0.
+    foreign = {key: value for key, value in resume_from.items() if key != "resume_state"}
+    foreign_path = tmp_path / "foreign.pkl"
+    with open(foreign_path, "wb") as f:
+        pickle.dump(foreign, f)
+    transfer = run_to_end(tmp_path / "d", data16, f"--resume={foreign_path}", "--kimg=0.004")
+    with open(os.path.join(transfer, "log.txt")) as f:
+        log = f.read()
+    assert f'Resuming from "{foreign_path}"' in log and "Continuing the earlier run" not in log
+    assert [line.split()[1] for line in log.splitlines() if line.startswith("tick ")] == ["0"]
+    with open(os.path.join(transfer, "training_options.json")) as f:
+        options = json.load(f)
+    assert (options["ada_kimg"], options["ema_rampup"]) == (100, None)
+    assert load_snapshot(os.path.join(transfer, SNAPSHOT))["resume_state"]["cur_nimg"] == 4
