@@ -1,4 +1,4 @@
-"""Calculate quality metrics for a network pickle (previous training run or pretrained network)."""
+"""Command-line metric evaluation: FID, KID, precision/recall, IS or PPL of the G_ema network stored in a pickle."""
 
 import copy
 import json
@@ -10,6 +10,7 @@ import torch
 
 import dnnlib
 import legacy
+from dnnlib import cli
 from metrics import metric_main, metric_utils
 from torch_utils import custom_ops, misc, training_stats
 
@@ -77,46 +78,48 @@ def subprocess_fn(rank, args, temp_dir):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class CommaSeparatedList(click.ParamType):
-    """`a,b,c` -> ['a', 'b', 'c']; `none` (any case) or an empty string -> []."""
-
-    name = "list"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        if value is None or value.lower() == "none" or value == "":
-            return []
-        return value.split(",")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-
-
 @click.command()
 @click.pass_context
-@click.option("network_pkl", "--network", help="Network pickle filename or URL", metavar="PATH", required=True)
+@click.option(
+    "network_pkl",
+    "--network",
+    help="Pickle holding the G_ema network to evaluate (file or URL)",
+    metavar="PATH",
+    required=True,
+)
 @click.option(
     "--metrics",
-    help="Comma-separated list or 'none'",
-    type=CommaSeparatedList(),
+    help="Metric names separated by commas, or 'none'",
+    type=cli.CommaSeparatedList(),
     default="fid50k_full",
     show_default=True,
 )
 @click.option(
     "--data",
-    help="Dataset to evaluate metrics against (directory or zip) [default: same as training data]",
+    help="Real images to compare with (folder or zip) [default: the training data recorded in the pickle]",
     metavar="PATH",
 )
 @click.option(
     "--mirror",
-    help="Whether the dataset was augmented with x-flips during training [default: look up]",
+    help="Count mirrored copies of the real images, as training with --mirror did [default: from the pickle]",
     type=bool,
     metavar="BOOL",
 )
-@click.option("--gpus", help="Number of GPUs to use", type=int, default=1, metavar="INT", show_default=True)
 @click.option(
-    "--verbose", help="Print optional information", type=bool, default=True, metavar="BOOL", show_default=True
+    "--gpus",
+    help="Processes to split the work over, one per GPU",
+    type=int,
+    default=1,
+    metavar="INT",
+    show_default=True,
+)
+@click.option(
+    "--verbose",
+    help="Print progress and the network summary",
+    type=bool,
+    default=True,
+    metavar="BOOL",
+    show_default=True,
 )
 @click.option(
     "--detector-dir",
@@ -130,13 +133,15 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
     Examples:
 
     \b
-    # Snapshot of a training run: dataset options come from the pickle, results are appended to the run's JSONL.
-    python calc_metrics.py --metrics=pr50k3_full \\
-        --network=~/training-runs/00000-ffhq10k-res64-auto1/network-snapshot-000000.pkl
+    # A snapshot inside a run directory: the dataset is looked up in the pickle and the
+    # results are also appended to metric-<name>.jsonl in that directory.
+    python calc_metrics.py --metrics=fid50k_full,kid50k_full \\
+        --network=runs/00003-faces256-auto1/network-snapshot-001200.pkl
 
     \b
-    # Downloaded pickle: name the dataset and mirroring explicitly; results go to stdout only.
-    python calc_metrics.py --metrics=fid50k_full --data=~/datasets/ffhq.zip --mirror=1 \\
+    # Any other pickle (file or URL): give the dataset and its mirroring yourself;
+    # the results are printed only.
+    python calc_metrics.py --metrics=pr50k3_full --mirror=1 --data=datasets/ffhq256.zip \\
         --network=https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl
 
     Available metrics:
@@ -167,7 +172,7 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
     """
     dnnlib.util.Logger(should_flush=True)
 
-    # Validate arguments.
+    # Reject bad options before anything is loaded.
     args = dnnlib.EasyDict(metrics=metrics, num_gpus=gpus, network_pkl=network_pkl, verbose=verbose)
     if not all(metric_main.is_valid_metric(metric) for metric in args.metrics):
         ctx.fail("\n".join(["--metrics can only contain the following values:"] + metric_main.list_valid_metrics()))
@@ -221,4 +226,4 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
 # ----------------------------------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    calc_metrics()  # pylint: disable=no-value-for-parameter
+    calc_metrics()

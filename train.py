@@ -1,4 +1,4 @@
-"""Train a StyleGAN2-ADA model: `python train.py --outdir=~/training-runs --data=~/datasets/mydata.zip --gpus=1`.
+"""Command-line entry point for training: `python train.py --outdir=runs --data=datasets/faces256.zip`.
 
 Options, their order and their errors follow the reference implementation (spec: training.md §5); a few options
 from its successor are added (--cbase, --cmax, --map, --tick, --batch-gpu, fractional --kimg).
@@ -13,6 +13,7 @@ import click
 import torch
 
 import dnnlib
+from dnnlib import cli
 from metrics import metric_main
 from torch_utils import custom_ops, training_stats
 from training import training_loop
@@ -91,7 +92,7 @@ def setup_training_loop_kwargs(
     """
     args = dnnlib.EasyDict()
 
-    # General options.
+    # Run-wide settings (spec steps 1-4).
     if gpus is None:
         gpus = 1
     assert isinstance(gpus, int)
@@ -121,7 +122,7 @@ def setup_training_loop_kwargs(
     assert isinstance(seed, int)
     args.random_seed = seed
 
-    # Dataset.
+    # Training data and its variants (steps 5-8).
     assert data is not None
     assert isinstance(data, str)
     args.training_set_kwargs = dnnlib.EasyDict(
@@ -165,7 +166,7 @@ def setup_training_loop_kwargs(
         desc += "-mirror"
         args.training_set_kwargs.xflip = True
 
-    # Base config.
+    # Hyperparameter preset and its overrides (steps 9-12).
     if cfg is None:
         cfg = "auto"
     assert isinstance(cfg, str)
@@ -239,7 +240,7 @@ def setup_training_loop_kwargs(
         args.batch_size = batch
         args.batch_gpu = batch // gpus
 
-    # Discriminator augmentation.
+    # ADA / fixed-probability augmentation (steps 13-16).
     if aug is None:
         aug = "ada"
     else:
@@ -287,7 +288,7 @@ def setup_training_loop_kwargs(
 
         args.augment_kwargs = dnnlib.EasyDict(class_name="training.augment.AugmentPipe", **AUGPIPE_SPECS[augpipe])
 
-    # Transfer learning.
+    # Starting weights and frozen D layers (steps 17-18).
     assert resume is None or isinstance(resume, str)
     if resume is None:
         resume = "noresume"
@@ -311,7 +312,7 @@ def setup_training_loop_kwargs(
         desc += f"-freezed{freezed:d}"
         args.D_kwargs.block_kwargs.freeze_layers = freezed
 
-    # Performance options.
+    # Precision, memory layout and loader settings (steps 19-23).
     if fp32 is None:
         fp32 = False
     assert isinstance(fp32, bool)
@@ -556,48 +557,36 @@ def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: 
 # Command line.
 
 
-class CommaSeparatedList(click.ParamType):
-    name = "list"
-
-    def convert(self, value, param, ctx):
-        _ = param, ctx
-        if isinstance(value, list):
-            return value
-        if value is None or value.lower() == "none" or value == "":
-            return []
-        return value.split(",")
-
-
 @click.command()
 @click.pass_context
-# General options.
+# Run-wide settings.
 @click.option("--outdir", help="Where to save the results", required=True, metavar="DIR")
 @click.option("--gpus", help="Number of GPUs to use [default: 1]", type=int, metavar="INT")
 @click.option("--snap", help="Snapshot interval [default: 50 ticks]", type=int, metavar="INT")
-@click.option("--metrics", help='Comma-separated list or "none" [default: fid50k_full]', type=CommaSeparatedList())
+@click.option("--metrics", help='Comma-separated list or "none" [default: fid50k_full]', type=cli.CommaSeparatedList())
 @click.option("--seed", help="Random seed [default: 0]", type=int, metavar="INT")
 @click.option("-n", "--dry-run", help="Print training options and exit", is_flag=True)
-# Dataset.
+# Training data.
 @click.option("--data", help="Training data (directory or zip)", metavar="PATH", required=True)
 @click.option(
     "--cond", help="Train conditional model based on dataset labels [default: false]", type=bool, metavar="BOOL"
 )
 @click.option("--subset", help="Train with only N images [default: all]", type=int, metavar="INT")
 @click.option("--mirror", help="Enable dataset x-flips [default: false]", type=bool, metavar="BOOL")
-# Base config.
+# Hyperparameter preset and overrides.
 @click.option("--cfg", help="Base config [default: auto]", type=click.Choice(list(CFG_SPECS)))
 @click.option("--gamma", help="Override R1 gamma", type=float)
 @click.option("--kimg", help="Override training duration (fractions allowed, e.g. 0.5)", type=float, metavar="KIMG")
 @click.option("--batch", help="Override batch size", type=int, metavar="INT")
-# Discriminator augmentation.
+# Augmentation.
 @click.option("--aug", help="Augmentation mode [default: ada]", type=click.Choice(["noaug", "ada", "fixed"]))
 @click.option("--p", help="Augmentation probability for --aug=fixed", type=float)
 @click.option("--target", help="ADA target value for --aug=ada", type=float)
 @click.option("--augpipe", help="Augmentation pipeline [default: bgc]", type=click.Choice(AUGPIPE_CHOICES))
-# Transfer learning.
+# Starting weights.
 @click.option("--resume", help="Resume training [default: noresume]", metavar="PKL")
 @click.option("--freezed", help="Freeze-D [default: 0 layers]", type=int, metavar="INT")
-# Performance options.
+# Speed and memory.
 @click.option("--fp32", help="Disable mixed-precision training", type=bool, metavar="BOOL")
 @click.option("--nhwc", help="Use NHWC memory format with FP16", type=bool, metavar="BOOL")
 @click.option("--nobench", help="Disable cuDNN benchmarking", type=bool, metavar="BOOL")
@@ -615,18 +604,18 @@ def main(ctx, outdir, dry_run, **config_kwargs):
     Examples:
 
     \b
-    # One GPU, your own dataset.
-    python train.py --outdir=~/training-runs --data=~/mydataset.zip --gpus=1
+    # A dataset of your own on a single GPU, default (auto) settings.
+    python train.py --outdir=runs --data=datasets/faces256.zip
 
     \b
-    # Class-conditional CIFAR-10 on two GPUs.
-    python train.py --outdir=~/training-runs --data=~/datasets/cifar10.zip \\
-        --gpus=2 --cfg=cifar --cond=1
+    # A labelled dataset, conditional model, CIFAR preset, 2 GPUs.
+    python train.py --outdir=runs --data=datasets/cifar10.zip --cond=1 \\
+        --cfg=cifar --gpus=2
 
     \b
-    # MetFaces, starting from the FFHQ network, on four GPUs.
-    python train.py --outdir=~/training-runs --data=~/datasets/metfaces.zip \\
-        --gpus=4 --cfg=paper1024 --mirror=1 --resume=ffhq1024 --snap=10
+    # Fine-tune the 1024x1024 FFHQ network on a small dataset, 4 GPUs, Freeze-D.
+    python train.py --outdir=runs --data=datasets/paintings1024.zip --mirror=1 \\
+        --cfg=paper1024 --resume=ffhq1024 --freezed=10 --snap=10 --gpus=4
 
     \b
     # Tiny run on the CPU (minutes): 32x32 data, small networks, half a kimg.

@@ -1,9 +1,6 @@
 """End-to-end metric evaluation with stand-in feature detectors, a tiny generator and a tiny PNG dataset.
 
-The real detectors are large downloads, so small TorchScript modules with the same call conventions and output
-widths are saved under the published file names and found through $STYLEGAN_DETECTOR_DIR. The real metrics use
-50k samples; the command-line run shrinks the sample counts by wrapping the `compute_*` functions in a small
-driver (`python -c ...` that then runs calc_metrics.py as __main__), leaving the registry and CLI untouched.
+The stand-in detectors and the command-line driver that shrinks the 50k sample counts live in metrics_helpers.py.
 """
 
 import copy
@@ -13,13 +10,13 @@ import os
 import pickle
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from conftest import REPO_ROOT
+from metrics_helpers import save_stand_in_detectors, shrunk_driver
 
 import dnnlib
 from metrics import metric_utils
@@ -29,62 +26,6 @@ pytestmark = pytest.mark.slow
 RES = 32
 NUM_IMAGES = 12
 Z_DIM = 16
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Stand-in detectors (same keywords, input dtypes and output widths as the published TorchScript files).
-
-
-class StandInInception(torch.nn.Module):
-    """uint8 [N, 3, H, W] -> 2048 pool features (`return_features`) or 1008 softmax probabilities."""
-
-    def __init__(self):
-        super().__init__()
-        gen = torch.Generator().manual_seed(1)
-        # Buffers, not parameters: like the published files, the detectors carry no gradients.
-        self.register_buffer("proj", torch.randn([2048, 48], generator=gen) / 4)
-        self.register_buffer("cls_weight", torch.randn([1008, 2048], generator=gen) / 16)
-        self.register_buffer("cls_bias", torch.randn([1008], generator=gen))
-
-    def forward(
-        self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False, no_output_bias: bool = False
-    ) -> torch.Tensor:
-        assert img.dtype == torch.uint8, "feature statistics pass uint8 images"
-        assert img.dim() == 4 and img.shape[1] == 3, "expected [N, 3, H, W]"
-        assert not use_fp16, "the reference never enables use_fp16"
-        x = torch.nn.functional.adaptive_avg_pool2d(img.to(torch.float32) / 255, 4).flatten(1)
-        features = torch.tanh(torch.nn.functional.linear(x, self.proj))
-        if return_features:
-            return features
-        logits = torch.nn.functional.linear(features, self.cls_weight)
-        if not no_output_bias:
-            logits = logits + self.cls_bias
-        return torch.softmax(logits, dim=1)
-
-
-class StandInVGG16(torch.nn.Module):
-    """uint8 -> 4096 features (`return_features`); float32 -> size-dependent LPIPS embedding (`return_lpips`)."""
-
-    def __init__(self):
-        super().__init__()
-        gen = torch.Generator().manual_seed(2)
-        self.register_buffer("proj", torch.randn([4096, 48], generator=gen) / 4)
-
-    def forward(
-        self, img: torch.Tensor, resize_images: bool = True, return_lpips: bool = False, return_features: bool = False
-    ) -> torch.Tensor:
-        assert img.dim() == 4 and img.shape[1] == 3, "expected [N, 3, H, W]"
-        x = img.to(torch.float32) / 255
-        if resize_images:
-            x = torch.nn.functional.interpolate(x, size=(16, 16), mode="area")
-        if return_lpips:
-            assert img.dtype == torch.float32, "LPIPS inputs are float pixel values"
-            assert not resize_images, "PPL passes resize_images=False"
-            return torch.nn.functional.avg_pool2d(x, 2).flatten(1)  # [N, 3 * H/2 * W/2]
-        assert img.dtype == torch.uint8, "feature statistics pass uint8 images"
-        assert return_features, "precision/recall asks for return_features"
-        pooled = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
-        return torch.tanh(torch.nn.functional.linear(pooled, self.proj))
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Fixtures: detector folder, PNG datasets, snapshot in a fake run directory.
@@ -121,18 +62,13 @@ def tiny_generator(c_dim=0):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("calc_metrics")
-    detector_dir = root / "detectors"
-    detector_dir.mkdir()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript is the published format.
-        torch.jit.script(StandInInception()).save(str(detector_dir / "inception-2015-12-05.pt"))
-        torch.jit.script(StandInVGG16()).save(str(detector_dir / "vgg16.pt"))
+    detector_dir = save_stand_in_detectors(str(root / "detectors"))
 
     data_dir = str(root / "tinyset")
     write_dataset(data_dir)
     labeled_dir = str(root / "labeled")
     write_dataset(labeled_dir, labels=np.arange(NUM_IMAGES) % 3)
-    return dnnlib.EasyDict(root=str(root), detector_dir=str(detector_dir), data_dir=data_dir, labeled_dir=labeled_dir)
+    return dnnlib.EasyDict(root=str(root), detector_dir=detector_dir, data_dir=data_dir, labeled_dir=labeled_dir)
 
 
 @pytest.fixture
@@ -225,32 +161,9 @@ def test_ppl_api_small(env, detectors):
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line.
 
-SHRUNK_DRIVER = """
-import runpy, sys
-from metrics import (frechet_inception_distance as fid, inception_score as iscore, kernel_inception_distance as kid,
-                     metric_utils, perceptual_path_length as ppl, precision_recall as pr)
-
-def shrink(module, name, **overrides):
-    original = getattr(module, name)
-    def wrapper(opts, *args, **kwargs):
-        kwargs.update(overrides)
-        return original(opts, *args, **kwargs)
-    setattr(module, name, wrapper)
-
-shrink(fid, "compute_fid", num_gen=64)
-shrink(kid, "compute_kid", num_gen=64, num_subsets=4, max_subset_size=8)
-shrink(pr, "compute_pr", num_gen=64)
-shrink(iscore, "compute_is", num_gen=64)
-shrink(ppl, "compute_ppl", num_samples=8)
-# Spawned loader workers each re-import torch (seconds apiece); the tiny dataset is read in-process instead.
-shrink(metric_utils, "compute_feature_stats_for_dataset", data_loader_kwargs=dict(num_workers=0))
-sys.argv = ["calc_metrics.py"] + sys.argv[1:]
-runpy.run_path("calc_metrics.py", run_name="__main__")
-"""
-
 
 def run_cli(env, *args, shrink=True):
-    cmd = [sys.executable, "-c", SHRUNK_DRIVER] if shrink else [sys.executable, "calc_metrics.py"]
+    cmd = [sys.executable, "-c", shrunk_driver("calc_metrics.py")] if shrink else [sys.executable, "calc_metrics.py"]
     child_env = dict(
         os.environ,
         DNNLIB_CACHE_DIR=os.path.join(env.root, "cli-cache"),
