@@ -264,7 +264,7 @@ def open_cifar10(tarball: str, *, max_images: int | None, on_unreadable: str):
         error(f"{tarball}: missing {exc} (expected the CIFAR-10 python version)")
     except (OSError, tarfile.TarError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         error(f"Cannot read {tarball}: {exc}")
-    images = np.concatenate(images).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    images = np.concatenate(images).transpose(0, 2, 3, 1)  # channels last, like decoded image files
     labels = np.concatenate(labels)
     _check_class_dataset(tarball, images, labels, CIFAR10_NUM_IMAGES, (32, 32, 3), CIFAR10_NUM_CLASSES)
     count = _count(len(images), max_images)
@@ -524,19 +524,32 @@ def convert_dataset(
 
 @click.command()
 @click.pass_context
-@click.option("--source", help="Directory or archive name for input dataset", required=True, metavar="PATH")
-@click.option("--dest", help="Output directory or archive name for output dataset", required=True, metavar="PATH")
-@click.option("--max-images", help="Output only up to `max-images` images", type=click.IntRange(min=0), default=None)
+@click.option(
+    "--source",
+    help="Images to convert: a folder, a zip, an LSUN *_lmdb folder, the CIFAR-10 tarball or MNIST images",
+    required=True,
+    metavar="PATH",
+)
+@click.option(
+    "--dest", help="Where to write the converted dataset: a folder or a .zip file", required=True, metavar="PATH"
+)
+@click.option(
+    "--max-images", help="Stop after this many source images [default: all]", type=click.IntRange(min=0), default=None
+)
 @click.option(
     "--resize-filter",
-    help="Filter to use when resizing images for output resolution",
+    help="Resampling filter for every resize",
     type=click.Choice(list(RESIZE_FILTERS)),
     default="lanczos",
     show_default=True,
 )
-@click.option("--transform", help="Input crop/resize mode", type=click.Choice(["center-crop", "center-crop-wide"]))
-@click.option("--width", help="Output width", type=click.IntRange(min=1))
-@click.option("--height", help="Output height", type=click.IntRange(min=1))
+@click.option(
+    "--transform",
+    help="How to crop before resizing (needs --width and --height)",
+    type=click.Choice(["center-crop", "center-crop-wide"]),
+)
+@click.option("--width", help="Width of the written images in pixels", type=click.IntRange(min=1))
+@click.option("--height", help="Height of the written images in pixels", type=click.IntRange(min=1))
 @click.option(
     "--on-unreadable",
     help="What to do with a source image that cannot be decoded: stop with an error naming it, or skip it with a "

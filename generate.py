@@ -104,13 +104,26 @@ def make_label(G, class_idx: int | None, device: torch.device) -> torch.Tensor:
 
 
 @click.command()
-@click.option("--network", "network_pkl", help="Network pickle filename", required=True)
-@click.option("--seeds", type=NumRange(), help="List of random seeds")
-@click.option("--trunc", "truncation_psi", type=float, help="Truncation psi", default=1, show_default=True)
-@click.option("--class", "class_idx", type=int, help="Class label (unconditional if not specified)")
-@click.option("--noise-mode", help="Noise mode", type=click.Choice(NOISE_MODES), default="const", show_default=True)
-@click.option("--projected-w", help="Projection result file", type=str, metavar="FILE")
-@click.option("--outdir", help="Where to save the output images", type=str, required=True, metavar="DIR")
+@click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
+@click.option("--seeds", type=NumRange(), help="Seeds to render, e.g. 0-7 or 3,14,15")
+@click.option(
+    "--trunc", "truncation_psi", type=float, help="Truncation strength (1 = none)", default=1, show_default=True
+)
+@click.option("--class", "class_idx", type=int, help="Class index for conditional networks")
+@click.option(
+    "--noise-mode",
+    help="Per-pixel noise: fixed buffers, fresh draws, or off",
+    type=click.Choice(NOISE_MODES),
+    default="const",
+    show_default=True,
+)
+@click.option(
+    "--projected-w",
+    help="projected_w.npz written by projector.py; render its W vectors instead of seeds",
+    type=str,
+    metavar="FILE",
+)
+@click.option("--outdir", help="Folder for the PNG files", type=str, required=True, metavar="DIR")
 @torch.no_grad()
 def generate_images(
     network_pkl: str,
@@ -123,7 +136,7 @@ def generate_images(
 ):
     """Render images from a network pickle (file name or URL; the G_ema network is used).
 
-    Each seed of --seeds (a range such as 600-605, or a list such as 85,265,297) gives one latent
+    Each seed of --seeds (a range such as 0-5, or a list such as 3,14,15) gives one latent
     z = RandomState(seed).randn(z_dim), rendered with truncation --trunc and saved as <outdir>/seedNNNN.png.
     Conditional networks need --class. With --projected-w (a projector.py result), every W vector of the file
     is rendered instead and saved as <outdir>/projNN.png.
@@ -131,8 +144,8 @@ def generate_images(
     \b
     Examples:
       python generate.py --network=snapshot.pkl --seeds=0-7 --outdir=out
-      python generate.py --network=snapshot.pkl --seeds=85,265,297 --trunc=0.7 --outdir=out
-      python generate.py --network=cifar10.pkl --seeds=0-35 --class=1 --outdir=out
+      python generate.py --network=snapshot.pkl --seeds=3,14,15 --trunc=0.7 --outdir=out
+      python generate.py --network=cifar10.pkl --seeds=0-15 --class=4 --outdir=out
       python generate.py --network=snapshot.pkl --projected-w=out/projected_w.npz --outdir=out
     """
     print(f'Loading networks from "{network_pkl}"...')

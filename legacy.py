@@ -380,15 +380,22 @@ def load_network_pkl(f, force_fp16=False):
 
 @click.command()
 @click.option("--source", help="Input pickle: local path, file:// URL or http(s) URL", required=True, metavar="PATH")
-@click.option("--dest", help="Output pickle", required=True, metavar="PATH")
-@click.option("--force-fp16", help="Force the networks to use FP16", type=bool, default=False, show_default=True)
+@click.option("--dest", help="Where to write the converted pickle", required=True, metavar="PATH")
+@click.option(
+    "--force-fp16",
+    help="Rebuild the networks with FP16 layers (num_fp16_res=4, conv_clamp=256)",
+    type=bool,
+    default=False,
+    show_default=True,
+)
 def convert_network_pickle(source, dest, force_fp16):
-    """Convert a legacy network pickle into the native PyTorch format.
+    """Rewrite a TensorFlow-era (or native) network pickle as a pickle of this project's PyTorch networks.
 
-    Handles the main network configurations exported by the TensorFlow versions of StyleGAN2 and StyleGAN2-ADA.
-    Does not support the StyleGAN2-ADA comparison methods, StyleGAN2 configs A-D, or StyleGAN1 networks.
+    Works for StyleGAN2 (configs E and F) and StyleGAN2-ADA networks written by the TensorFlow code, with the
+    orig, skip and resnet architectures. Networks of other kinds (StyleGAN1, StyleGAN2 configs A-D and the
+    alternative methods compared in the ADA paper) are rejected with an error.
 
-    Example:
+    Example (an official StyleGAN2 LSUN Cat network):
 
     \b
     python legacy.py \\

@@ -225,16 +225,20 @@ def write_progress_video(path: str, G, target_uint8: np.ndarray, projected_w_ste
 
 
 @click.command()
-@click.option("--network", "network_pkl", help="Network pickle filename", required=True)
-@click.option("--target", "target_fname", help="Target image file to project to", required=True, metavar="FILE")
+@click.option("--network", "network_pkl", help="Snapshot whose generator is inverted (file or URL)", required=True)
+@click.option("--target", "target_fname", help="Image to reconstruct", required=True, metavar="FILE")
+@click.option("--num-steps", help="Adam steps to run", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--seed", help="Seed for numpy and torch", type=int, default=DEFAULT_SEED, show_default=True)
 @click.option(
-    "--num-steps", help="Number of optimization steps", type=click.IntRange(min=1), default=1000, show_default=True
+    "--save-video",
+    help="Also write proj.mp4 showing every step next to the target",
+    type=bool,
+    default=True,
+    show_default=True,
 )
-@click.option("--seed", help="Random seed", type=int, default=DEFAULT_SEED, show_default=True)
 @click.option(
-    "--save-video", help="Save an mp4 video of optimization progress", type=bool, default=True, show_default=True
+    "--outdir", help="Folder for target.png, proj.png, projected_w.npz and the video", required=True, metavar="DIR"
 )
-@click.option("--outdir", help="Where to save the output images", required=True, metavar="DIR")
 def run_projection(network_pkl: str, target_fname: str, outdir: str, save_video: bool, seed: int, num_steps: int):
     """Project a target image into the W latent space of a network pickle (file name or URL; G_ema is used).
 
@@ -244,8 +248,8 @@ def run_projection(network_pkl: str, target_fname: str, outdir: str, save_video:
 
     \b
     Examples:
-      python projector.py --outdir=out --target=~/mytargetimg.png --network=snapshot.pkl
-      python generate.py --outdir=out --projected-w=out/projected_w.npz --network=snapshot.pkl
+      python projector.py --network=snapshot.pkl --target=photo.png --outdir=out
+      python generate.py --network=snapshot.pkl --projected-w=out/projected_w.npz --outdir=out
     """
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU and every CUDA device

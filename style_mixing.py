@@ -62,13 +62,36 @@ def make_grid(images: dict, row_seeds, col_seeds, resolution: int, channels: int
 
 
 @click.command()
-@click.option("--network", "network_pkl", help="Network pickle filename", required=True)
-@click.option("--rows", "row_seeds", type=NumRange(), help="Random seeds to use for image rows", required=True)
-@click.option("--cols", "col_seeds", type=NumRange(), help="Random seeds to use for image columns", required=True)
-@click.option("--styles", "col_styles", type=NumRange(), help="Style layer range", default="0-6", show_default=True)
-@click.option("--trunc", "truncation_psi", type=float, help="Truncation psi", default=1, show_default=True)
-@click.option("--noise-mode", help="Noise mode", type=click.Choice(NOISE_MODES), default="const", show_default=True)
-@click.option("--outdir", help="Where to save the output images", type=str, required=True, metavar="DIR")
+@click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
+@click.option(
+    "--rows", "row_seeds", type=NumRange(), help="Seeds of the grid rows (they keep the unlisted layers)", required=True
+)
+@click.option(
+    "--cols",
+    "col_seeds",
+    type=NumRange(),
+    help="Seeds of the grid columns (they give the --styles layers)",
+    required=True,
+)
+@click.option(
+    "--styles",
+    "col_styles",
+    type=NumRange(),
+    help="W layers taken from the column seed",
+    default="0-6",
+    show_default=True,
+)
+@click.option(
+    "--trunc", "truncation_psi", type=float, help="Truncation strength (1 = none)", default=1, show_default=True
+)
+@click.option(
+    "--noise-mode",
+    help="Per-pixel noise: fixed buffers, fresh draws, or off",
+    type=click.Choice(NOISE_MODES),
+    default="const",
+    show_default=True,
+)
+@click.option("--outdir", help="Folder for the cell images and grid.png", type=str, required=True, metavar="DIR")
 @torch.no_grad()
 def generate_style_mix(
     network_pkl: str,

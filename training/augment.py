@@ -237,13 +237,13 @@ class AugmentPipe(torch.nn.Module):
         super().__init__()
         self.register_buffer("p", torch.ones([]))  # Overall augmentation probability, adjusted by ADA.
 
-        # Pixel blitting.
+        # Lossless moves: mirror, quarter turns, whole-pixel shifts.
         self.xflip = float(xflip)
         self.rotate90 = float(rotate90)
         self.xint = float(xint)
         self.xint_max = float(xint_max)
 
-        # General geometric transformations.
+        # Resampled warps: zoom, free rotation, stretch, sub-pixel shift.
         self.scale = float(scale)
         self.rotate = float(rotate)
         self.aniso = float(aniso)
@@ -253,7 +253,7 @@ class AugmentPipe(torch.nn.Module):
         self.aniso_std = float(aniso_std)
         self.xfrac_std = float(xfrac_std)
 
-        # Colour transformations.
+        # Per-image 4x4 colour matrix terms.
         self.brightness = float(brightness)
         self.contrast = float(contrast)
         self.lumaflip = float(lumaflip)
@@ -264,12 +264,12 @@ class AugmentPipe(torch.nn.Module):
         self.hue_max = float(hue_max)
         self.saturation_std = float(saturation_std)
 
-        # Image-space filtering.
+        # Random per-band equalisation.
         self.imgfilter = float(imgfilter)
         self.imgfilter_bands = list(imgfilter_bands)
         self.imgfilter_std = float(imgfilter_std)
 
-        # Image-space corruptions.
+        # Additive Gaussian noise and a zeroed rectangle.
         self.noise = float(noise)
         self.cutout = float(cutout)
         self.noise_std = float(noise_std)

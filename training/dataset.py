@@ -164,12 +164,12 @@ class Dataset(torch.utils.data.Dataset):
 
     @property
     def num_channels(self):
-        assert len(self.image_shape) == 3  # CHW
+        assert len(self.image_shape) == 3  # [C, H, W]
         return self.image_shape[0]
 
     @property
     def resolution(self):
-        assert len(self.image_shape) == 3  # CHW
+        assert len(self.image_shape) == 3  # [C, H, W]
         assert self.image_shape[1] == self.image_shape[2]
         return self.image_shape[1]
 
@@ -350,7 +350,7 @@ class ImageFolderDataset(Dataset):
             ) from err
 
         if image.ndim == 2:
-            image = image[:, :, np.newaxis]  # HW => HWC
+            image = image[:, :, np.newaxis]  # grayscale gets an explicit channel axis
         if image.ndim != 3:
             raise DatasetError(
                 f"Image {self._describe(fname)}: expected a 2-D or 3-D pixel array, found shape {list(image.shape)}"
@@ -363,7 +363,7 @@ class ImageFolderDataset(Dataset):
                 f"Image {self._describe(fname)}: expected a square image with a power-of-two side, "
                 f"found {width}x{height} pixels"
             )
-        return image.transpose(2, 0, 1)  # HWC => CHW
+        return image.transpose(2, 0, 1)  # channels first, as the networks expect
 
     def _load_raw_image(self, raw_idx):
         fname = self._image_fnames[raw_idx]
