@@ -6,6 +6,8 @@ Seeded calls reproduce the reference exactly because the random draws are made w
 order (spec training.md §2.5); see `AugmentPipe.forward` for the stage order.
 """
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -182,6 +184,27 @@ def rotate3d(v, theta, device=None) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------
+
+
+def _reflect_padding(G_inv: torch.Tensor, width: int, height: int, guard: int) -> list[int]:
+    """Reflection padding [left, top, right, bottom] shared by the whole batch (spec training.md §2.6, step 1).
+
+    Every sample's transformed image corners, widened by `guard` pixels for the resampling filter, must fall
+    inside the padded image; one side never gets more padding than the reflection can supply (size - 1).
+    G_inv: [N, 3, 3] maps output to input pixel coordinates, origin at the image centre.
+    """
+    half_w = (width - 1) / 2
+    half_h = (height - 1) / 2
+    corners = _matrix(
+        [-half_w, -half_h, 1], [half_w, -half_h, 1], [half_w, half_h, 1], [-half_w, half_h, 1], device=G_inv.device
+    )
+    corner_xy = (G_inv @ corners.t())[:, :2, :].transpose(0, 1).reshape(2, -1)  # [2, N * 4]
+    # How far the corners reach left, up, right and down; the half size is what the image already covers.
+    reach = torch.cat([-corner_xy, corner_xy]).amax(dim=1)
+    needed = reach + misc.constant([guard - half_w, guard - half_h] * 2, device=G_inv.device)
+    limits = [width - 1, height - 1] * 2
+    # Python's min/max/ceil are exact on the float32 values, so this matches clamping on the device.
+    return [math.ceil(min(max(value, 0), limit)) for value, limit in zip(needed.tolist(), limits)]
 
 
 def _forced(like: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -385,41 +408,35 @@ class AugmentPipe(torch.nn.Module):
         """Apply the per-sample inverse matrix G_inv [N, 3, 3] at 2x oversampling with reflection padding."""
         batch_size, num_channels, height, width = images.shape
         device = images.device
-        Hz_pad = self.Hz_geom.shape[0] // 4
+        # Taps the 2x filter reaches beyond a pixel, counted in input pixels.
+        filter_reach = self.Hz_geom.shape[0] // 4
 
-        # One reflection padding for the whole batch, large enough for every sample's transformed corners.
-        cx = (width - 1) / 2
-        cy = (height - 1) / 2
-        corners = _matrix([-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1], device=device)  # [4, 3]
-        corners = G_inv @ corners.t()  # [N, 3, 4]
-        xy = corners[:, :2, :].permute(1, 0, 2).flatten(1)  # [2, N * 4]
-        margin = torch.cat([-xy, xy]).max(dim=1).values  # [4]: -x, -y, +x, +y
-        margin = margin + misc.constant([Hz_pad * 2 - cx, Hz_pad * 2 - cy] * 2, device=device)
-        margin = margin.max(misc.constant([0, 0] * 2, device=device))
-        margin = margin.min(misc.constant([width - 1, height - 1] * 2, device=device))
-        mx0, my0, mx1, my1 = (int(m) for m in margin.ceil().tolist())
-
-        images = F.pad(input=images, pad=[mx0, mx1, my0, my1], mode="reflect")
-        G_inv = translate2d((mx0 - mx1) / 2, (my0 - my1) / 2, device=device) @ G_inv
+        left, top, right, bottom = _reflect_padding(G_inv, width, height, guard=filter_reach * 2)
+        images = F.pad(input=images, pad=[left, right, top, bottom], mode="reflect")
+        # Re-centre: the transforms act about the image centre, which moves when the padding is asymmetric.
+        G_inv = translate2d((left - right) / 2, (top - bottom) / 2, device=device) @ G_inv
 
         # Upsample 2x; pixel centres move, hence the half-pixel translation around the scaling.
         images = upfirdn2d.upsample2d(x=images, f=self.Hz_geom, up=2)
         G_inv = scale2d(2, 2, device=device) @ G_inv @ scale2d_inv(2, 2, device=device)
         G_inv = translate2d(-0.5, -0.5, device=device) @ G_inv @ translate2d_inv(-0.5, -0.5, device=device)
 
-        # Resample into a 2x output that keeps Hz_pad extra pixels per side for the downsampling filter.
-        shape = [batch_size, num_channels, (height + Hz_pad * 2) * 2, (width + Hz_pad * 2) * 2]
-        G_inv = (
-            scale2d(2 / images.shape[3], 2 / images.shape[2], device=device)
-            @ G_inv
-            @ scale2d_inv(2 / shape[3], 2 / shape[2], device=device)
+        # Sample a 2x output that keeps filter_reach extra input pixels per side for the downsampling filter, in
+        # the normalised [-1, 1] coordinates of affine_grid / grid_sample.
+        out_height = (height + filter_reach * 2) * 2
+        out_width = (width + filter_reach * 2) * 2
+        in_height, in_width = images.shape[2:]
+        to_normalised = scale2d(2 / in_width, 2 / in_height, device=device)
+        from_normalised = scale2d_inv(2 / out_width, 2 / out_height, device=device)
+        G_inv = to_normalised @ G_inv @ from_normalised
+        grid = F.affine_grid(
+            theta=G_inv[:, :2, :].to(images.dtype),
+            size=[batch_size, num_channels, out_height, out_width],
+            align_corners=False,
         )
-        theta = G_inv[:, :2, :].to(images.dtype)
-        grid = F.affine_grid(theta=theta, size=shape, align_corners=False)
         images = grid_sample_gradfix.grid_sample(images, grid)
 
-        images = upfirdn2d.downsample2d(x=images, f=self.Hz_geom, down=2, padding=-Hz_pad * 2, flip_filter=True)
-        return images
+        return upfirdn2d.downsample2d(x=images, f=self.Hz_geom, down=2, padding=-filter_reach * 2, flip_filter=True)
 
     # ------------------------------------------------------------------------
     # Colour transforms (spec training.md §2.7).
@@ -489,32 +506,34 @@ class AugmentPipe(torch.nn.Module):
         batch_size, num_channels, height, width = images.shape
         device = images.device
         num_bands = self.Hz_fbank.shape[0]
-        expected_power = misc.constant(np.asarray(FBANK_EXPECTED_POWER) / np.sum(FBANK_EXPECTED_POWER), device=device)
+        band_power = misc.constant(np.asarray(FBANK_EXPECTED_POWER) / np.sum(FBANK_EXPECTED_POWER), device=device)
 
-        # Per-band gains, each renormalised so that the expected image power is unchanged.
-        g = torch.ones([batch_size, num_bands], device=device)
+        # Per-band amplitude gains; each band's draw is renormalised so that the expected image power is unchanged.
+        band_gains = torch.ones([batch_size, num_bands], device=device)
         for band, band_strength in enumerate(self.imgfilter_bands):
-            t_b = torch.exp2(torch.randn([batch_size], device=device) * self.imgfilter_std)
-            t_b = _gate(t_b, torch.rand([batch_size], device=device) < self.imgfilter * self.p * band_strength, 1)
+            amplitude = torch.exp2(torch.randn([batch_size], device=device) * self.imgfilter_std)
+            amplitude = _gate(
+                amplitude, torch.rand([batch_size], device=device) < self.imgfilter * self.p * band_strength, 1
+            )
             if d is not None:
                 if band_strength > 0:
-                    t_b = _forced(t_b, torch.exp2(torch.erfinv(d * 2 - 1) * self.imgfilter_std))
+                    amplitude = _forced(amplitude, torch.exp2(torch.erfinv(d * 2 - 1) * self.imgfilter_std))
                 else:
-                    t_b = torch.ones_like(t_b)
-            t = torch.ones([batch_size, num_bands], device=device)
-            t[:, band] = t_b
-            t = t / (expected_power * t.square()).sum(dim=-1, keepdim=True).sqrt()
-            g = g * t
+                    amplitude = torch.ones_like(amplitude)
+            step = torch.ones([batch_size, num_bands], device=device)
+            step[:, band] = amplitude
+            step = step / (band_power * step.square()).sum(dim=-1, keepdim=True).sqrt()
+            band_gains = band_gains * step
 
-        Hz_prime = g @ self.Hz_fbank  # [N, taps]
-        Hz_prime = Hz_prime.unsqueeze(1).repeat([1, num_channels, 1]).reshape([batch_size * num_channels, 1, -1])
-        Hz_prime = Hz_prime.to(images.dtype)
+        # One symmetric kernel per sample, shared by its channels: [N * C, 1, taps].
+        kernels = (band_gains @ self.Hz_fbank).repeat_interleave(num_channels, dim=0).unsqueeze(1).to(images.dtype)
+        planes = batch_size * num_channels
+        half_taps = self.Hz_fbank.shape[1] // 2
 
-        pad = self.Hz_fbank.shape[1] // 2
-        images = images.reshape([1, batch_size * num_channels, height, width])
-        images = F.pad(input=images, pad=[pad, pad, pad, pad], mode="reflect")
-        images = conv2d_gradfix.conv2d(input=images, weight=Hz_prime.unsqueeze(2), groups=batch_size * num_channels)
-        images = conv2d_gradfix.conv2d(input=images, weight=Hz_prime.unsqueeze(3), groups=batch_size * num_channels)
+        images = images.reshape([1, planes, height, width])
+        images = F.pad(input=images, pad=[half_taps] * 4, mode="reflect")
+        images = conv2d_gradfix.conv2d(input=images, weight=kernels.unsqueeze(2), groups=planes)  # along width
+        images = conv2d_gradfix.conv2d(input=images, weight=kernels.unsqueeze(3), groups=planes)  # along height
         return images.reshape([batch_size, num_channels, height, width])
 
     # ------------------------------------------------------------------------

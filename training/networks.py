@@ -33,6 +33,24 @@ def normalize_2nd_moment(x, dim=1, eps=1e-8):
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
+def _as_python_int(size):
+    """Sizes read while tracing are tensors; arguments such as conv `groups` need a plain int."""
+    with misc.suppress_tracer_warnings():
+        return int(size)
+
+
+def _fp16_prenormalize(weight, styles):
+    """Rescale float32 `weight` [O, I, kh, kw] and `styles` [N, I] so that fp16 activations stay in range.
+
+    Demodulation divides these factors out again; only rounding and the weight of the 1e-8 epsilon change.
+    """
+    fan_in = weight.shape[1:].numel()
+    per_output_peak = weight.abs().amax(dim=[1, 2, 3], keepdim=True)  # [O, 1, 1, 1]
+    weight = weight * (1 / np.sqrt(fan_in) / per_output_peak)
+    styles = styles / styles.abs().amax(dim=1, keepdim=True)  # [N, I] / [N, 1]
+    return weight, styles
+
+
 @misc.profiled_function
 def modulated_conv2d(
     x,
@@ -53,66 +71,58 @@ def modulated_conv2d(
     The fused path runs one grouped convolution with per-sample weights; the non-fused path scales activations
     instead. Both are mathematically identical.
     """
-    batch_size = x.shape[0]
-    out_channels, in_channels, kh, kw = weight.shape
-    misc.assert_shape(weight, [out_channels, in_channels, kh, kw])
-    misc.assert_shape(x, [batch_size, in_channels, None, None])
-    misc.assert_shape(styles, [batch_size, in_channels])
+    assert weight.ndim == 4, f"modulated_conv2d: weight must be [O, I, kh, kw], got shape {list(weight.shape)}"
+    num_samples = x.shape[0]
+    in_channels = weight.shape[1]
+    misc.assert_shape(x, [num_samples, in_channels, None, None])
+    misc.assert_shape(styles, [num_samples, in_channels])
 
-    # Keep the fp16 activations in range; demodulation cancels these factors (up to rounding and epsilon).
-    if x.dtype == torch.float16 and demodulate:
-        weight_scale = 1 / np.sqrt(in_channels * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True)
-        weight = weight * weight_scale
-        styles = styles / styles.abs().amax(dim=1, keepdim=True)
+    if demodulate and x.dtype == torch.float16:
+        weight, styles = _fp16_prenormalize(weight, styles)
 
-    w = None
-    dcoefs = None
-    if demodulate or fused_modconv:
-        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # [N, O, I, kh, kw]
+    # Per-sample kernels [N, O, I, kh, kw]; the non-fused, non-demodulated path never needs them.
+    sample_weights = None
+    if fused_modconv or demodulate:
+        sample_weights = weight.unsqueeze(0) * styles[:, None, :, None, None]
+    demod = None
     if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
-    if demodulate and fused_modconv:
-        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+        demod = (sample_weights.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
 
-    if not fused_modconv:
-        x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        x = conv2d_resample.conv2d_resample(
-            x=x,
-            w=weight.to(x.dtype),
-            f=resample_filter,
-            up=up,
-            down=down,
-            padding=padding,
-            flip_weight=flip_weight,
-        )
-        if demodulate and noise is not None:
-            x = fma.fma(x, dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1), noise.to(x.dtype))
-        elif demodulate:
-            x = x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        elif noise is not None:
-            x = x + noise.to(x.dtype)
-        return x
+    resample_kwargs = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
+    if fused_modconv:
+        if demod is not None:
+            sample_weights = sample_weights * demod[:, :, None, None, None]
+        return _fused_modconv(x, sample_weights, noise, resample_kwargs)
+    return _activation_modconv(x, weight, styles, demod, noise, resample_kwargs)
 
-    # Fused path: fold the batch into the channel axis and convolve with one weight group per sample.
-    with misc.suppress_tracer_warnings():
-        batch_size = int(batch_size)
-    misc.assert_shape(x, [batch_size, in_channels, None, None])
-    x = x.reshape(1, -1, *x.shape[2:])
-    w = w.reshape(-1, in_channels, kh, kw)
-    x = conv2d_resample.conv2d_resample(
-        x=x,
-        w=w.to(x.dtype),
-        f=resample_filter,
-        up=up,
-        down=down,
-        padding=padding,
-        groups=batch_size,
-        flip_weight=flip_weight,
-    )
-    x = x.reshape(batch_size, -1, *x.shape[2:])
+
+def _fused_modconv(x, sample_weights, noise, resample_kwargs):
+    """Convolve every sample with its own kernel as one grouped convolution over the batch folded into channels.
+
+    x: [N, I, H, W]; sample_weights: [N, O, I, kh, kw] float32 -> [N, O, H', W'].
+    """
+    groups = _as_python_int(x.shape[0])
+    kernels = sample_weights.flatten(0, 1).to(x.dtype)  # [N * O, I, kh, kw]
+    y = conv2d_resample.conv2d_resample(x=x.flatten(0, 1).unsqueeze(0), w=kernels, groups=groups, **resample_kwargs)
+    y = y.reshape(groups, -1, *y.shape[2:])
     if noise is not None:
-        x = x.add_(noise)
-    return x
+        y.add_(noise)  # In place and uncast: with fp16 activations the sum is rounded to fp16.
+    return y
+
+
+def _activation_modconv(x, weight, styles, demod, noise, resample_kwargs):
+    """Shared-kernel convolution with the style applied to the input and demodulation to the output.
+
+    x: [N, I, H, W]; weight: [O, I, kh, kw]; styles: [N, I]; demod: [N, O] or None -> [N, O, H', W'].
+    """
+    y = x * styles.to(x.dtype)[:, :, None, None]
+    y = conv2d_resample.conv2d_resample(x=y, w=weight.to(x.dtype), **resample_kwargs)
+    if noise is not None:
+        noise = noise.to(y.dtype)
+    if demod is None:
+        return y if noise is None else y + noise
+    demod = demod.to(y.dtype)[:, :, None, None]
+    return y * demod if noise is None else fma.fma(y, demod, noise)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -469,43 +479,59 @@ class SynthesisBlock(torch.nn.Module):
 
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, **layer_kwargs):
         misc.assert_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim])
-        w_iter = iter(ws.unbind(dim=1))
+        # One w per layer, in forward order: the conv layers first, then torgb.
+        layer_ws = ws.unbind(dim=1)
+        conv_ws, torgb_ws = layer_ws[: self.num_conv], layer_ws[self.num_conv :]
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
         memory_format = _memory_format(self.channels_last and not force_fp32)
         if fused_modconv is None:
-            # Short-circuit order matters: the first block has x = None but is never fp16.
-            with misc.suppress_tracer_warnings():
-                fused_modconv = (not self.training) and (dtype == torch.float32 or int(x.shape[0]) == 1)
+            fused_modconv = self._fuse_by_default(x, dtype)
+        conv_kwargs = dict(layer_kwargs, fused_modconv=fused_modconv)
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.to(dtype=dtype, memory_format=memory_format).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.conv1(x, conv_ws[0], **conv_kwargs)
         else:
             misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
             x = x.to(dtype=dtype, memory_format=memory_format)
-
-        if self.in_channels == 0:
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-        elif self.architecture == "resnet":
-            y = self.skip(x, gain=RESIDUAL_GAIN)
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=RESIDUAL_GAIN, **layer_kwargs)
-            x = y + x
-        else:
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            x = self._conv_pair(x, conv_ws, conv_kwargs)
 
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
             img = upfirdn2d.upsample2d(img, self.resample_filter)
-        if self.is_last or self.architecture == "skip":
-            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
-            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-            img = img + y if img is not None else y
+        if torgb_ws:
+            rgb = self.torgb(x, torgb_ws[0], fused_modconv=fused_modconv)
+            rgb = rgb.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            img = rgb if img is None else img + rgb
 
-        assert x.dtype == dtype
-        assert img is None or img.dtype == torch.float32
+        if x.dtype != dtype or (img is not None and img.dtype != torch.float32):
+            raise RuntimeError(
+                f"SynthesisBlock {self.resolution}: expected x {dtype} and img float32, got {x.dtype} and "
+                f"{None if img is None else img.dtype}"
+            )
         return x, img
+
+    def _fuse_by_default(self, x, dtype):
+        """Fused modconv only in eval mode, and for fp16 only with a single sample.
+
+        `x` is consulted last: the first block gets x = None, but it always runs in fp32.
+        """
+        if self.training:
+            return False
+        if dtype == torch.float32:
+            return True
+        return _as_python_int(x.shape[0]) == 1
+
+    def _conv_pair(self, x, conv_ws, conv_kwargs):
+        """conv0 (upsampling) then conv1; the resnet variant adds a 1x1 upsampled skip, both halves scaled by
+        RESIDUAL_GAIN."""
+        if self.architecture != "resnet":
+            x = self.conv0(x, conv_ws[0], **conv_kwargs)
+            return self.conv1(x, conv_ws[1], **conv_kwargs)
+        shortcut = self.skip(x, gain=RESIDUAL_GAIN)
+        x = self.conv0(x, conv_ws[0], **conv_kwargs)
+        x = self.conv1(x, conv_ws[1], gain=RESIDUAL_GAIN, **conv_kwargs)
+        return shortcut + x
 
 
 @persistence.persistent_class
