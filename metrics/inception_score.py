@@ -9,19 +9,22 @@ from metrics import metric_utils
 DETECTOR_KWARGS = dict(no_output_bias=True)
 
 
+def _split_score(probs):
+    """exp(mean KL(p_n || marginal)) of one split `[n, classes]`, in float32."""
+    log_marginal = np.log(probs.mean(axis=0, keepdims=True))
+    mean_kl = (probs * (np.log(probs) - log_marginal)).sum(axis=1).mean()
+    return np.exp(mean_kl)
+
+
 def is_from_probs(probs, num_splits):
     """(mean, population std) of the per-split scores for float32 class probabilities `[N, classes]`.
 
     Split i covers rows [i*N//num_splits, (i+1)*N//num_splits); float32 arithmetic like the reference.
     """
-    num_items = probs.shape[0]
-    scores = []
-    for i in range(num_splits):
-        part = probs[i * num_items // num_splits : (i + 1) * num_items // num_splits]
-        kl = part * (np.log(part) - np.log(np.mean(part, axis=0, keepdims=True)))
-        kl = np.mean(np.sum(kl, axis=1))
-        scores.append(np.exp(kl))
-    return float(np.mean(scores)), float(np.std(scores))
+    # Explicit cut points, because np.array_split would hand the remainder rows to the first splits instead.
+    cuts = [k * len(probs) // num_splits for k in range(1, num_splits)]
+    scores = np.array([_split_score(split) for split in np.split(probs, cuts)])
+    return float(scores.mean()), float(scores.std())
 
 
 def compute_is(opts, num_gen, num_splits):

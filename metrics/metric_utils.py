@@ -145,89 +145,117 @@ def get_feature_detector(url, device=_CPU, num_gpus=1, rank=0, verbose=False):
 # Feature statistics.
 
 
+def gather_from_ranks(x, num_gpus):
+    """Every process's tensor `x` (equal shapes on all of them), as a list in rank order.
+
+    Each process broadcasts its own `x` in turn (source 0, 1, ...); with a single process this is just `[x]`.
+    """
+    if num_gpus == 1:
+        return [x]
+
+    def receive(src):
+        buf = x.clone()
+        torch.distributed.broadcast(buf, src=src)
+        return buf
+
+    return [receive(src) for src in range(num_gpus)]
+
+
 class FeatureStats:
-    """Accumulates detector outputs `[n, F]`: all rows (`capture_all`) and/or running sums for mean and covariance."""
+    """Accumulates detector outputs `[n, F]`: all rows (`capture_all`) and/or running sums for mean and covariance.
+
+    The eight attributes set in the constructor (in this order) are exactly what `save` pickles and `load` restores.
+    """
 
     def __init__(self, capture_all=False, capture_mean_cov=False, max_items=None):
         self.capture_all = capture_all
         self.capture_mean_cov = capture_mean_cov
         self.max_items = max_items
         self.num_items = 0
+        # Unknown until the first append fixes the width F and allocates the three accumulators.
         self.num_features = None
-        self.all_features = None
-        self.raw_mean = None
-        self.raw_cov = None
+        self.all_features = None  # list of float32 blocks [n_k, F]
+        self.raw_mean = None  # float64 [F]: sum of the rows
+        self.raw_cov = None  # float64 [F, F]: sum of the outer products x x^T
 
     def set_num_features(self, num_features):
-        if self.num_features is not None:
-            assert num_features == self.num_features, f"expected {self.num_features} features, got {num_features}"
-        else:
+        """Fix the feature width on first use (allocating the accumulators); later widths must match it."""
+        if self.num_features is None:
             self.num_features = num_features
             self.all_features = []
-            self.raw_mean = np.zeros([num_features], dtype=np.float64)
-            self.raw_cov = np.zeros([num_features, num_features], dtype=np.float64)
+            self.raw_mean = np.zeros(num_features, dtype=np.float64)
+            self.raw_cov = np.zeros((num_features, num_features), dtype=np.float64)
+        assert num_features == self.num_features, f"expected {self.num_features} features, got {num_features}"
 
     def is_full(self):
-        return (self.max_items is not None) and (self.num_items >= self.max_items)
+        return self.max_items is not None and self.num_items >= self.max_items
+
+    def _rows_that_fit(self, rows):
+        """The leading rows of `rows` that still fit under `max_items`, or None once full (append is then a no-op)."""
+        if self.max_items is None or len(rows) <= self.max_items - self.num_items:
+            return rows
+        if self.is_full():
+            return None
+        return rows[: self.max_items - self.num_items]
+
+    def _accumulate_moments(self, rows):
+        rows = rows.astype(np.float64)
+        self.raw_mean += rows.sum(axis=0)
+        self.raw_cov += rows.T @ rows
 
     def append(self, x):
         """Add rows `x` `[n, F]` (array-like), keeping at most `max_items` rows in total."""
-        x = np.asarray(x, dtype=np.float32)
-        assert x.ndim == 2, f"features must be 2-D [n, F], got shape {list(x.shape)}"
-        if (self.max_items is not None) and (self.num_items + x.shape[0] > self.max_items):
-            if self.num_items >= self.max_items:
-                return
-            x = x[: self.max_items - self.num_items]
+        rows = np.asarray(x, dtype=np.float32)
+        assert rows.ndim == 2, f"features must be 2-D [n, F], got shape {list(rows.shape)}"
+        rows = self._rows_that_fit(rows)
+        if rows is None:
+            return
 
-        self.set_num_features(x.shape[1])
-        self.num_items += x.shape[0]
+        self.set_num_features(rows.shape[1])
+        self.num_items += len(rows)
         if self.capture_all:
-            self.all_features.append(x)
+            self.all_features.append(rows)
         if self.capture_mean_cov:
-            x64 = x.astype(np.float64)
-            self.raw_mean += x64.sum(axis=0)
-            self.raw_cov += x64.T @ x64
+            self._accumulate_moments(rows)
 
     def append_torch(self, x, num_gpus=1, rank=0):
         """Add a torch tensor `[n, F]`; with several processes the rows of all of them are interleaved."""
         assert isinstance(x, torch.Tensor) and x.ndim == 2, "features must be a 2-D torch tensor [n, F]"
-        assert 0 <= rank < num_gpus
-        if num_gpus > 1:
-            gathered = []
-            for src in range(num_gpus):
-                y = x.clone()
-                torch.distributed.broadcast(y, src=src)
-                gathered.append(y)
-            x = torch.stack(gathered, dim=1).flatten(0, 1)  # [n, G, F] -> row order p0[0], p1[0], ..., p0[1], ...
-        self.append(x.detach().cpu().numpy())
+        assert 0 <= rank < num_gpus, f"rank must satisfy 0 <= rank < num_gpus, got rank={rank}, num_gpus={num_gpus}"
+        per_rank = gather_from_ranks(x, num_gpus)
+        # [n, num_gpus, F] -> rows p0[0], p1[0], ..., p0[1], p1[1], ...: the global order of sharded datasets.
+        interleaved = torch.stack(per_rank, dim=1).flatten(0, 1)
+        self.append(interleaved.detach().cpu().numpy())
 
     def get_all(self):
         """All captured rows, float32 `[num_items, F]`."""
-        assert self.capture_all
-        return np.concatenate(self.all_features, axis=0)
+        assert self.capture_all, "get_all needs capture_all=True"
+        return np.concatenate(self.all_features)
 
     def get_all_torch(self):
         return torch.from_numpy(self.get_all())
 
     def get_mean_cov(self):
         """Mean `[F]` and population covariance `[F, F]` (divisor n), both float64."""
-        assert self.capture_mean_cov
+        assert self.capture_mean_cov, "get_mean_cov needs capture_mean_cov=True"
         mean = self.raw_mean / self.num_items
-        cov = self.raw_cov / self.num_items
-        cov = cov - np.outer(mean, mean)
-        return mean, cov
+        return mean, self.raw_cov / self.num_items - np.outer(mean, mean)
 
     def save(self, pkl_file):
         with open(pkl_file, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(vars(self), f)
 
     @staticmethod
     def load(pkl_file):
         with open(pkl_file, "rb") as f:
-            state = dnnlib.EasyDict(pickle.load(f))
-        obj = FeatureStats(capture_all=state.capture_all, max_items=state.max_items)
-        obj.__dict__.update(state)
-        return obj
+            state = pickle.load(f)
+        expected = list(vars(FeatureStats()))
+        if not isinstance(state, dict) or not set(expected) <= set(state):
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{pkl_file}: expected a pickled FeatureStats dict with keys {expected}, found {found}")
+        stats = FeatureStats(capture_all=state["capture_all"], max_items=state["max_items"])
+        vars(stats).update(state)
+        return stats
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -342,11 +370,21 @@ def _broadcast_flag(flag, opts):
     return float(flag.cpu()) != 0
 
 
-def _tile_gray(images):
+def tile_to_rgb(images):
     """Detectors expect RGB: repeat a single channel three times. `images`: [N, C, H, W]."""
     if images.shape[1] == 1:
         images = images.repeat([1, 3, 1, 1])
     return images
+
+
+def _shard_indices(num_items, num_gpus, rank):
+    """Dataset indices read by process `rank`, in order: rank, rank + num_gpus, rank + 2*num_gpus, ...
+
+    The stride runs up to the next multiple of num_gpus, wrapping past the end, so that all processes read equally
+    many items; the interleaved gather then restores the order 0, 1, 2, ... and max_items cuts off the wrapped ones.
+    """
+    padded_count = -(-num_items // num_gpus) * num_gpus
+    return [index % num_items for index in range(rank, padded_count, num_gpus)]
 
 
 def compute_feature_stats_for_dataset(
@@ -386,15 +424,14 @@ def compute_feature_stats_for_dataset(
         url=detector_url, device=opts.device, num_gpus=opts.num_gpus, rank=opts.rank, verbose=progress.verbose
     )
 
-    # Every process sees the same number of items; the wrap-around padding is cut off by max_items after the
-    # interleaved gather restores the global order.
-    num_rounds = (num_items - 1) // opts.num_gpus + 1
-    item_subset = [(i * opts.num_gpus + opts.rank) % num_items for i in range(num_rounds)]
     loader = torch.utils.data.DataLoader(
-        dataset=dataset, sampler=item_subset, batch_size=batch_size, **data_loader_kwargs
+        dataset=dataset,
+        sampler=_shard_indices(num_items, opts.num_gpus, opts.rank),
+        batch_size=batch_size,
+        **data_loader_kwargs,
     )
     for images, _labels in loader:
-        images = _tile_gray(images)
+        images = tile_to_rgb(images)
         features = detector(images.to(opts.device), **detector_kwargs)
         stats.append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
         progress.update(stats.num_items)
@@ -427,38 +464,43 @@ def sample_labels(dataset, batch, device):
 def compute_feature_stats_for_generator(
     opts, detector_url, detector_kwargs, rel_lo=0, rel_hi=1, batch_size=64, batch_gen=None, jit=False, **stats_kwargs
 ):
-    """Detector statistics over exactly `stats_kwargs['max_items']` freshly generated images (ψ = 1, random noise)."""
-    if batch_gen is None:
-        batch_gen = min(batch_size, 4)
+    """Detector statistics over exactly `stats_kwargs['max_items']` freshly generated images (ψ = 1, random noise).
+
+    Random draws per detector batch, for each of its `batch_size // batch_gen` generator calls: z from the torch RNG
+    on `opts.device`, then the labels from the global numpy RNG (`sample_labels`), then the generator's own noise.
+    """
+    batch_gen = min(batch_size, 4) if batch_gen is None else batch_gen
     assert batch_size % batch_gen == 0, f"batch_size ({batch_size}) must be divisible by batch_gen ({batch_gen})"
-    assert stats_kwargs.get("max_items") is not None, "generated statistics need max_items"
+    max_items = stats_kwargs.get("max_items")
+    assert max_items is not None, "generated statistics need max_items"
 
-    G = copy.deepcopy(opts.G).eval().requires_grad_(False).to(opts.device)
-    dataset = dnnlib.util.construct_class_by_name(**opts.dataset_kwargs)  # Only a source of labels.
+    generator = copy.deepcopy(opts.G).eval().requires_grad_(False).to(opts.device)
+    label_source = dnnlib.util.construct_class_by_name(**opts.dataset_kwargs)
 
-    def run_generator(z, c):
-        return generated_to_uint8(G(z=z, c=c, **opts.G_kwargs))
+    def synthesize(z, c):
+        """`[batch_gen, z_dim]`, `[batch_gen, c_dim]` -> uint8 images `[batch_gen, C, R, R]`."""
+        return generated_to_uint8(generator(z=z, c=c, **opts.G_kwargs))
 
     if jit:
-        z = torch.zeros([batch_gen, G.z_dim], device=opts.device)
-        c = torch.zeros([batch_gen, G.c_dim], device=opts.device)
-        run_generator = torch.jit.trace(run_generator, [z, c], check_trace=False)
+        example_inputs = [
+            torch.zeros([batch_gen, generator.z_dim], device=opts.device),
+            torch.zeros([batch_gen, generator.c_dim], device=opts.device),
+        ]
+        synthesize = torch.jit.trace(synthesize, example_inputs, check_trace=False)
 
     stats = FeatureStats(**stats_kwargs)
-    assert stats.max_items is not None
-    progress = opts.progress.sub(tag="generator features", num_items=stats.max_items, rel_lo=rel_lo, rel_hi=rel_hi)
+    progress = opts.progress.sub(tag="generator features", num_items=max_items, rel_lo=rel_lo, rel_hi=rel_hi)
     detector = get_feature_detector(
         url=detector_url, device=opts.device, num_gpus=opts.num_gpus, rank=opts.rank, verbose=progress.verbose
     )
 
+    def generator_call():
+        z = torch.randn([batch_gen, generator.z_dim], device=opts.device)  # Drawn before the labels.
+        return synthesize(z, sample_labels(label_source, batch_gen, opts.device))
+
     while not stats.is_full():
-        images = []
-        for _ in range(batch_size // batch_gen):
-            z = torch.randn([batch_gen, G.z_dim], device=opts.device)
-            c = sample_labels(dataset, batch_gen, opts.device)
-            images.append(run_generator(z, c))
-        images = _tile_gray(torch.cat(images))
-        features = detector(images, **detector_kwargs)
+        images = torch.cat([generator_call() for _ in range(batch_size // batch_gen)])
+        features = detector(tile_to_rgb(images), **detector_kwargs)
         stats.append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
         progress.update(stats.num_items)
     return stats

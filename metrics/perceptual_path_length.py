@@ -17,14 +17,13 @@ HIGH_PERCENTILE = 99
 
 def slerp(a, b, t):
     """Spherical interpolation between the directions of rows `a`, `b` `[N, D]` at fractions `t` `[N, 1]`."""
-    a = a / a.norm(dim=-1, keepdim=True)
-    b = b / b.norm(dim=-1, keepdim=True)
-    d = (a * b).sum(dim=-1, keepdim=True)
-    p = t * torch.acos(d)
-    c = b - d * a
-    c = c / c.norm(dim=-1, keepdim=True)
-    d = a * torch.cos(p) + c * torch.sin(p)
-    return d / d.norm(dim=-1, keepdim=True)
+    start = torch.nn.functional.normalize(a, dim=-1)
+    end = torch.nn.functional.normalize(b, dim=-1)
+    cos_angle = (start * end).sum(dim=-1, keepdim=True)
+    # Unit vector orthogonal to `start` in the plane of both directions: the arc is start*cos + ortho*sin.
+    ortho = torch.nn.functional.normalize(end - cos_angle * start, dim=-1)
+    angle = t * torch.acos(cos_angle)
+    return torch.nn.functional.normalize(start * torch.cos(angle) + ortho * torch.sin(angle), dim=-1)
 
 
 class PPLSampler(torch.nn.Module):
@@ -42,51 +41,51 @@ class PPLSampler(torch.nn.Module):
         self.crop = crop
         self.vgg16 = copy.deepcopy(vgg16)
 
-    def forward(self, c):
-        """`c`: labels `[B, c_dim]` on the device. Random draws, in order: t, z pair, noise buffers."""
-        t = torch.rand([c.shape[0]], device=c.device) * (1 if self.sampling == "full" else 0)
-        z0, z1 = torch.randn([c.shape[0] * 2, self.G.z_dim], device=c.device).chunk(2)
-
+    def _path_ws(self, pos, z0, z1, c):
+        """Latents at path positions `pos` and `pos + epsilon`, stacked: `[2B, num_ws, w_dim]`."""
+        steps = (pos, pos + self.epsilon)
+        both_c = torch.cat([c, c])
         if self.space == "w":
-            w0, w1 = self.G.mapping(z=torch.cat([z0, z1]), c=torch.cat([c, c])).chunk(2)
-            wt0 = w0.lerp(w1, t.unsqueeze(1).unsqueeze(2))
-            wt1 = w0.lerp(w1, t.unsqueeze(1).unsqueeze(2) + self.epsilon)
-        else:
-            zt0 = slerp(z0, z1, t.unsqueeze(1))
-            zt1 = slerp(z0, z1, t.unsqueeze(1) + self.epsilon)
-            wt0, wt1 = self.G.mapping(z=torch.cat([zt0, zt1]), c=torch.cat([c, c])).chunk(2)
+            w_start, w_end = self.G.mapping(z=torch.cat([z0, z1]), c=both_c).chunk(2)
+            return torch.cat([w_start.lerp(w_end, step[:, None, None]) for step in steps])
+        return self.G.mapping(z=torch.cat([slerp(z0, z1, step[:, None]) for step in steps]), c=both_c)
 
+    def _refresh_noise(self):
         # One shared noise realisation for both images of every pair, so noise does not count as path length.
         for name, buf in self.G.named_buffers():
             if name.endswith(".noise_const"):
                 buf.copy_(torch.randn_like(buf))
 
-        img = self.G.synthesis(ws=torch.cat([wt0, wt1]), noise_mode="const", force_fp32=True, **self.G_kwargs)
-
+    def _lpips_input(self, img):
+        """Synthesised images `[2B, C, R, R]` -> VGG16 input: cropped, box-filtered, pixel range, three channels."""
         if self.crop:
             assert img.shape[2] == img.shape[3], f"crop needs square images, got {list(img.shape)}"
-            q = img.shape[2] // 8
-            img = img[:, :, q * 3 : q * 7, q * 2 : q * 6]
-
+            eighth = img.shape[2] // 8
+            img = img[:, :, 3 * eighth : 7 * eighth, 2 * eighth : 6 * eighth]
         # The factor comes from the full resolution even after cropping (reference behaviour).
         factor = self.G.img_resolution // LPIPS_MAX_RES
         if factor > 1:
-            img = img.reshape([-1, img.shape[1], img.shape[2] // factor, factor, img.shape[3] // factor, factor])
-            img = img.mean([3, 5])
-
+            img = img.unflatten(3, (-1, factor)).unflatten(2, (-1, factor)).mean([3, 5])
         img = (img + 1) * (255 / 2)
-        if self.G.img_channels == 1:
-            img = img.repeat([1, 3, 1, 1])
+        return metric_utils.tile_to_rgb(img)
 
-        lpips_t0, lpips_t1 = self.vgg16(img, **LPIPS_KWARGS).chunk(2)
-        return (lpips_t0 - lpips_t1).square().sum(1) / self.epsilon**2
+    def forward(self, c):
+        """`c`: labels `[B, c_dim]` on the device. Random draws, in order: t, z pair, noise buffers."""
+        batch = c.shape[0]
+        pos = torch.rand([batch], device=c.device) * (1 if self.sampling == "full" else 0)
+        z0, z1 = torch.randn([batch * 2, self.G.z_dim], device=c.device).chunk(2)
+        ws = self._path_ws(pos, z0, z1, c)
+        self._refresh_noise()
+        img = self.G.synthesis(ws=ws, noise_mode="const", force_fp32=True, **self.G_kwargs)
+        embed_here, embed_next = self.vgg16(self._lpips_input(img), **LPIPS_KWARGS).chunk(2)
+        return (embed_here - embed_next).square().sum(1) / self.epsilon**2
 
 
 def ppl_from_distances(dist):
     """Mean of the float32 samples `[N]` lying within [1st percentile (lower), 99th percentile (higher)], inclusive."""
     lo = np.percentile(dist, LOW_PERCENTILE, method="lower")
     hi = np.percentile(dist, HIGH_PERCENTILE, method="higher")
-    return float(np.extract(np.logical_and(dist >= lo, dist <= hi), dist).mean())
+    return float(dist[(lo <= dist) & (dist <= hi)].mean())
 
 
 def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size, jit=False):
@@ -104,20 +103,14 @@ def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size, j
         c = torch.zeros([batch_size, opts.G.c_dim], device=opts.device)
         sampler = torch.jit.trace(sampler, [c], check_trace=False)
 
-    dist = []
+    samples = []  # [B] tensors: per round, one from every process in rank order.
     progress = opts.progress.sub(tag="ppl sampling", num_items=num_samples)
-    for batch_start in range(0, num_samples, batch_size * opts.num_gpus):
-        progress.update(batch_start)
-        c = metric_utils.sample_labels(dataset, batch_size, opts.device)
-        x = sampler(c)
-        for src in range(opts.num_gpus):
-            y = x.clone()
-            if opts.num_gpus > 1:
-                torch.distributed.broadcast(y, src=src)
-            dist.append(y)
+    for done in range(0, num_samples, batch_size * opts.num_gpus):
+        progress.update(done)
+        labels = metric_utils.sample_labels(dataset, batch_size, opts.device)
+        samples += metric_utils.gather_from_ranks(sampler(labels), opts.num_gpus)
     progress.update(num_samples)
 
     if opts.rank != 0:
         return float("nan")
-    dist = torch.cat(dist)[:num_samples].cpu().numpy()
-    return ppl_from_distances(dist)
+    return ppl_from_distances(torch.cat(samples)[:num_samples].cpu().numpy())
