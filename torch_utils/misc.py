@@ -5,9 +5,11 @@ defaults are part of the on-disk contract (foundation spec §3 and §7).
 """
 
 import contextlib
+import itertools
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,25 +26,35 @@ def constant(value, shape=None, dtype=None, device=None, memory_format=None):
     The torch dtype defaults to `torch.get_default_dtype()` whatever the NumPy dtype of `value` is; when `shape` is
     given the value is broadcast to it.
     """
-    value = np.asarray(value)
-    if shape is not None:
-        shape = tuple(shape)
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if device is None:
-        device = torch.device("cpu")
-    if memory_format is None:
-        memory_format = torch.contiguous_format
+    array = np.asarray(value)
+    spec = _ConstantSpec(
+        shape=None if shape is None else tuple(shape),
+        dtype=torch.get_default_dtype() if dtype is None else dtype,
+        device=torch.device("cpu") if device is None else device,
+        memory_format=torch.contiguous_format if memory_format is None else memory_format,
+    )
+    # The value is identified by its raw bytes plus NumPy shape and dtype, so equal data shares one tensor.
+    key = (array.shape, array.dtype, array.tobytes(), *spec)
+    cached = _constant_cache.get(key)
+    if cached is None:
+        cached = _constant_cache[key] = spec.materialize(array)
+    return cached
 
-    key = (value.shape, value.dtype, value.tobytes(), shape, dtype, device, memory_format)
-    tensor = _constant_cache.get(key, None)
-    if tensor is None:
-        tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
-        if shape is not None:
-            tensor, _ = torch.broadcast_tensors(tensor, torch.empty(shape))
-        tensor = tensor.contiguous(memory_format=memory_format)
-        _constant_cache[key] = tensor
-    return tensor
+
+class _ConstantSpec(NamedTuple):
+    """How a cached constant is laid out; the field order is part of the cache key."""
+
+    shape: tuple | None
+    dtype: torch.dtype
+    device: torch.device
+    memory_format: torch.memory_format
+
+    def materialize(self, array):
+        # Copy first: torch.as_tensor may share memory with the caller's array.
+        tensor = torch.as_tensor(array.copy(), dtype=self.dtype, device=self.device)
+        if self.shape is not None:
+            tensor = tensor.broadcast_to(torch.broadcast_shapes(tensor.shape, self.shape))
+        return tensor.contiguous(memory_format=self.memory_format)
 
 
 # ----------------------------------------------------------------------------
@@ -141,24 +153,25 @@ class InfiniteSampler(torch.utils.data.Sampler):
         self.window_size = window_size
 
     def __iter__(self):
-        num_items = len(self.dataset)
-        order = np.arange(num_items)
-        rnd = None
-        window = 0
-        if self.shuffle:
-            rnd = np.random.RandomState(self.seed)
-            rnd.shuffle(order)
-            window = int(np.rint(order.size * self.window_size))
+        # Each rank takes every num_replicas-th item of the shared stream, starting at its own rank.
+        return itertools.islice(self._shared_stream(), self.rank, None, self.num_replicas)
 
-        idx = 0
-        while True:
-            i = idx % order.size
-            if idx % self.num_replicas == self.rank:
-                yield order[i]
+    def _shared_stream(self):
+        """The index stream of all ranks together (infinite generator of NumPy int64 indices)."""
+        order = np.arange(len(self.dataset))
+        if not self.shuffle:
+            yield from itertools.cycle(order)
+            return
+
+        rnd = np.random.RandomState(self.seed)
+        rnd.shuffle(order)
+        window = int(np.rint(order.size * self.window_size))
+        for slot in itertools.cycle(range(order.size)):
+            yield order[slot]
+            # Windows of 0 or 1 slots would only ever swap a slot with itself: no draws at all then.
             if window >= 2:
-                j = (i - rnd.randint(window)) % order.size
-                order[i], order[j] = order[j], order[i]
-            idx += 1
+                partner = (slot - rnd.randint(window)) % order.size
+                order[[slot, partner]] = order[[partner, slot]]
 
 
 # ----------------------------------------------------------------------------
@@ -184,11 +197,15 @@ def copy_params_and_buffers(src_module, dst_module, require_all=False):
     """
     assert isinstance(src_module, torch.nn.Module), f"expected a torch.nn.Module, got {type(src_module).__name__}"
     assert isinstance(dst_module, torch.nn.Module), f"expected a torch.nn.Module, got {type(dst_module).__name__}"
-    src_tensors = dict(named_params_and_buffers(src_module))
-    for name, tensor in named_params_and_buffers(dst_module):
-        assert (name in src_tensors) or (not require_all), f"copy_params_and_buffers: source lacks '{name}'"
-        if name in src_tensors:
-            tensor.copy_(src_tensors[name].detach()).requires_grad_(tensor.requires_grad)
+    sources = dict(named_params_and_buffers(src_module))
+    for name, dst in named_params_and_buffers(dst_module):
+        src = sources.get(name)
+        if src is None:
+            assert not require_all, f"copy_params_and_buffers: source lacks '{name}'"
+            continue
+        wanted_grad = dst.requires_grad
+        dst.copy_(src.detach())
+        dst.requires_grad_(wanted_grad)
 
 
 # ----------------------------------------------------------------------------
@@ -207,41 +224,122 @@ def ddp_sync(module, sync):
 
 
 def check_ddp_consistency(module, ignore_regex=None):
-    """Assert that every parameter/buffer equals rank 0's copy (names matching `ignore_regex` are skipped)."""
+    """Assert that every parameter/buffer equals rank 0's copy (names matching `ignore_regex` are skipped).
+
+    Names are reported as `<class name>.<dotted name>`, e.g. `Generator.mapping.w_avg`.
+    """
     assert isinstance(module, torch.nn.Module), f"expected a torch.nn.Module, got {type(module).__name__}"
+    prefix = type(module).__name__ + "."
     for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + "." + name
-        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
-            continue
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = nan_to_num(tensor)
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        assert (tensor == other).all(), fullname
+        fullname = prefix + name
+        if ignore_regex is None or not re.fullmatch(ignore_regex, fullname):
+            assert _equals_rank0_copy(tensor), fullname
+
+
+def _equals_rank0_copy(tensor):
+    """Broadcast rank 0's value of `tensor` and compare it elementwise with the local one (NaNs count as equal)."""
+    local = tensor.detach()
+    if local.is_floating_point():
+        local = nan_to_num(local)
+    rank0 = local.clone()
+    torch.distributed.broadcast(tensor=rank0, src=0)
+    return bool((local == rank0).all())
 
 
 # ----------------------------------------------------------------------------
 # Module summary table.
 
 
+class _ForwardRecorder:
+    """Forward hooks that log `(module, tensor outputs)` for every module at most `max_depth` calls deep.
+
+    The root call is depth 0. Modules are logged when their forward returns, so children precede their parents.
+    """
+
+    def __init__(self, max_depth):
+        self.max_depth = max_depth
+        self.depth = 0
+        self.log = []
+
+    def attach(self, root, stack):
+        """Hook every module under `root` (itself included); the hooks go away when `stack` closes."""
+        for mod in root.modules():
+            stack.enter_context(mod.register_forward_pre_hook(self._on_enter))
+            stack.enter_context(mod.register_forward_hook(self._on_exit))
+
+    def _on_enter(self, _mod, _inputs):
+        self.depth += 1
+
+    def _on_exit(self, mod, _inputs, result):
+        self.depth -= 1
+        if self.depth <= self.max_depth:
+            self.log.append((mod, _tensor_outputs(result)))
+
+
+def _tensor_outputs(result):
+    """Flatten a module's return value one level and keep only the tensors."""
+    items = result if isinstance(result, (tuple, list)) else [result]
+    return [item for item in items if isinstance(item, torch.Tensor)]
+
+
 @dataclass
-class _SummaryEntry:
+class _SummaryItem:
+    """One logged module call, with the element counts of the tensors first seen there."""
+
     mod: torch.nn.Module
     outputs: list
-    unique_params: list = field(default_factory=list)
-    unique_buffers: list = field(default_factory=list)
-    unique_outputs: list = field(default_factory=list)
+    num_params: int
+    num_buffers: int
+    adds_tensors: bool  # False when every parameter, buffer and output was already shown by an earlier item
 
 
-def _tensor_outputs(outputs):
-    """Flatten a module's return value one level and keep only the tensors."""
-    outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-    return [t for t in outputs if isinstance(t, torch.Tensor)]
+def _attribute_tensors(log):
+    """Turn the forward log into summary items, crediting each tensor to the first logged call that has it.
+
+    Since children are logged first, parameters land on the deepest logged owner, and an output passed up
+    unchanged from a child is not counted again for the parent.
+    """
+    seen = set()
+    items = []
+    for mod, outputs in log:
+        params = [t for t in mod.parameters() if id(t) not in seen]
+        buffers = [t for t in mod.buffers() if id(t) not in seen]
+        fresh_outputs = [t for t in outputs if id(t) not in seen]
+        seen.update(id(t) for t in itertools.chain(params, buffers, fresh_outputs))
+        items.append(
+            _SummaryItem(
+                mod=mod,
+                outputs=outputs,
+                num_params=sum(t.numel() for t in params),
+                num_buffers=sum(t.numel() for t in buffers),
+                adds_tensors=bool(params or buffers or fresh_outputs),
+            )
+        )
+    return items
 
 
-def _dtype_name(tensor):
-    return str(tensor.dtype).split(".")[-1]
+def _count_cell(count):
+    return str(count) if count else "-"
+
+
+def _item_rows(name, item):
+    """Table rows of one item: one per output (at least one).
+
+    As in the reference, every row shows the shape of the entry's first output; the dtype is per output.
+    """
+    outputs = item.outputs
+    shape = str(list(outputs[0].shape)) if outputs else "-"
+    dtypes = [str(t.dtype).removeprefix("torch.") for t in outputs] or ["-"]
+    first_name = f"{name}:0" if len(outputs) > 1 else name
+    rows = [[first_name, _count_cell(item.num_params), _count_cell(item.num_buffers), shape, dtypes[0]]]
+    rows += [[f"{name}:{k}", "-", "-", shape, dtypes[k]] for k in range(1, len(outputs))]
+    return rows
+
+
+def _aligned_lines(rows):
+    """Left-align every column to its widest cell; columns are separated by two spaces."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
 
 
 def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
@@ -254,65 +352,27 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
     assert not isinstance(module, torch.jit.ScriptModule), "print_module_summary cannot hook a ScriptModule"
     assert isinstance(inputs, (tuple, list)), f"inputs must be a tuple or list, got {type(inputs).__name__}"
 
-    entries = []
-    nesting = [0]
-
-    def pre_hook(_mod, _inputs):
-        nesting[0] += 1
-
-    def post_hook(mod, _inputs, outputs):
-        nesting[0] -= 1
-        if nesting[0] <= max_nesting:
-            entries.append(_SummaryEntry(mod=mod, outputs=_tensor_outputs(outputs)))
-
-    hooks = [mod.register_forward_pre_hook(pre_hook) for mod in module.modules()]
-    hooks += [mod.register_forward_hook(post_hook) for mod in module.modules()]
-    try:
+    recorder = _ForwardRecorder(max_depth=max_nesting)
+    with contextlib.ExitStack() as hooks:
+        recorder.attach(module, hooks)
         outputs = module(*inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
 
-    # Attribute each tensor to the first (deepest) entry that owns or produces it.
-    tensors_seen = set()
-    for e in entries:
-        e.unique_params = [t for t in e.mod.parameters() if id(t) not in tensors_seen]
-        e.unique_buffers = [t for t in e.mod.buffers() if id(t) not in tensors_seen]
-        e.unique_outputs = [t for t in e.outputs if id(t) not in tensors_seen]
-        tensors_seen |= {id(t) for t in e.unique_params + e.unique_buffers + e.unique_outputs}
+    items = _attribute_tensors(recorder.log)
     if skip_redundant:
-        entries = [e for e in entries if len(e.unique_params) or len(e.unique_buffers) or len(e.unique_outputs)]
+        items = [item for item in items if item.adds_tensors]
 
-    rows = [[type(module).__name__, "Parameters", "Buffers", "Output shape", "Datatype"]]
-    rows += [["---"] * len(rows[0])]
-    param_total = 0
-    buffer_total = 0
-    submodule_names = {mod: name for name, mod in module.named_modules()}
-    for e in entries:
-        name = "<top-level>" if e.mod is module else submodule_names[e.mod]
-        param_size = sum(t.numel() for t in e.unique_params)
-        buffer_size = sum(t.numel() for t in e.unique_buffers)
-        output_shapes = [str(list(e.outputs[0].shape)) for _ in e.outputs]
-        output_dtypes = [_dtype_name(t) for t in e.outputs]
-        rows += [
-            [
-                name + (":0" if len(e.outputs) >= 2 else ""),
-                str(param_size) if param_size else "-",
-                str(buffer_size) if buffer_size else "-",
-                (output_shapes + ["-"])[0],
-                (output_dtypes + ["-"])[0],
-            ]
-        ]
-        for idx in range(1, len(e.outputs)):
-            rows += [[name + f":{idx}", "-", "-", output_shapes[idx], output_dtypes[idx]]]
-        param_total += param_size
-        buffer_total += buffer_size
-    rows += [["---"] * len(rows[0])]
-    rows += [["Total", str(param_total), str(buffer_total), "-", "-"]]
+    names = {mod: name for name, mod in module.named_modules()}
+    names[module] = "<top-level>"
+    separator = ["---"] * 5
+    rows = [[type(module).__name__, "Parameters", "Buffers", "Output shape", "Datatype"], separator]
+    for item in items:
+        rows += _item_rows(names[item.mod], item)
+    total_params = sum(item.num_params for item in items)
+    total_buffers = sum(item.num_buffers for item in items)
+    rows += [separator, ["Total", str(total_params), str(total_buffers), "-", "-"]]
 
-    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
     print()
-    for row in rows:
-        print("  ".join(cell + " " * (width - len(cell)) for cell, width in zip(row, widths)))
+    for line in _aligned_lines(rows):
+        print(line)
     print()
     return outputs

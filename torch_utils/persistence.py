@@ -8,6 +8,7 @@ a single call `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
 """
 
 import copy
+import functools
 import inspect
 import io
 import linecache
@@ -51,23 +52,21 @@ def persistent_class(orig_class):
         return orig_class
 
     assert orig_class.__module__ in sys.modules, f"module {orig_class.__module__!r} of {orig_class} is not loaded"
-    orig_module = sys.modules[orig_class.__module__]
-    orig_module_src = _module_to_src(orig_module)
-    orig_class_name = orig_class.__name__
+    home = sys.modules[orig_class.__module__]
+    # Captured now: the source must describe the class as it was defined, whatever happens to the file later.
+    source = _module_to_src(home)
+    class_name = orig_class.__name__
 
-    class PersistentWrapper(orig_class):
-        _persistent_module_src = orig_module_src
-        _persistent_class_name = orig_class_name
+    class Persistent(orig_class):
+        _persistent_module_src = source
+        _persistent_class_name = class_name
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._init_args = copy.deepcopy(args)
             self._init_kwargs = copy.deepcopy(kwargs)
-            assert orig_class_name in orig_module.__dict__, (
-                f"persistent class {orig_class_name} must be reachable by name in module {orig_module.__name__}"
-            )
-            # Fail now, not later when a snapshot is written.
-            _check_pickleable(self.__reduce__())
+            assert class_name in vars(home), f"persistent class {class_name} is not a global of {home.__name__}"
+            _check_pickleable(self.__reduce__())  # fail now rather than when a snapshot is written
 
         @property
         def init_args(self):
@@ -78,27 +77,34 @@ def persistent_class(orig_class):
             return dnnlib.EasyDict(copy.deepcopy(self._init_kwargs))
 
         def __reduce__(self):
-            fields = list(super().__reduce__())
-            fields += [None] * max(3 - len(fields), 0)
-            # A persistent subclass of a persistent class: the parent's __reduce__ already did the work (and used
-            # this class's name and source through `self`).
-            if fields[0] is _reconstruct_persistent_obj:
-                return tuple(fields)
-            meta = dict(
-                type="class",
-                version=_version,
-                module_src=self._persistent_module_src,
-                class_name=self._persistent_class_name,
-                state=fields[2],
-            )
-            fields[0] = _reconstruct_persistent_obj
-            fields[1] = (meta,)
-            fields[2] = None
-            return tuple(fields)
+            return _persistent_reduction(self, super().__reduce__())
 
-    PersistentWrapper.__name__ = orig_class_name
-    _decorators.add(PersistentWrapper)
-    return PersistentWrapper
+    Persistent.__name__ = class_name
+    _decorators.add(Persistent)
+    return Persistent
+
+
+def _persistent_reduction(obj, default):
+    """Turn the default `__reduce__` result of a persistent object into the pickled form of spec §2.4.
+
+    The object's state moves into the meta record, so pickle sees one call `_reconstruct_persistent_obj(meta)`
+    with nothing left to apply afterwards.
+    """
+    parts = list(default)
+    parts.extend([None] * (3 - len(parts)))  # the state slot may be missing
+    constructor, _, state = parts[:3]
+    # A persistent subclass of a persistent class: the parent's reduction already did the work (and used this
+    # class's name and source through `obj`).
+    if constructor is _reconstruct_persistent_obj:
+        return tuple(parts)
+    meta = {  # key order is part of the format
+        "type": "class",
+        "version": _version,
+        "module_src": obj._persistent_module_src,
+        "class_name": obj._persistent_class_name,
+        "state": state,
+    }
+    return (_reconstruct_persistent_obj, (meta,), None, *parts[3:])
 
 
 def is_persistent(obj):
@@ -133,21 +139,26 @@ def _reconstruct_persistent_obj(meta):
         assert meta is not None, f"import hook {hook!r} returned None instead of the meta"
 
     assert meta.version == _version, f"persistent object has format version {meta.version}, expected {_version}"
-    module = _src_to_module(meta.module_src)
-
+    namespace = vars(_src_to_module(meta.module_src))
     assert meta.type == "class", f"persistent object has type {meta.type!r}, expected 'class'"
-    assert meta.class_name in module.__dict__, f"embedded source does not define class {meta.class_name!r}"
-    orig_class = module.__dict__[meta.class_name]
-    decorator_class = persistent_class(orig_class)
-    obj = decorator_class.__new__(decorator_class)
-
-    # nn.Module.__setstate__ also adds hook dictionaries missing from pickles written by older PyTorch.
-    setstate = getattr(obj, "__setstate__", None)
-    if callable(setstate):
-        setstate(meta.state)
-    elif meta.state is not None:
-        obj.__dict__.update(meta.state)
+    assert meta.class_name in namespace, f"embedded source does not define class {meta.class_name!r}"
+    cls = persistent_class(namespace[meta.class_name])
+    obj = cls.__new__(cls)  # the constructor must not run: the state is restored instead
+    _restore_state(obj, meta.state)
     return obj
+
+
+def _restore_state(obj, state):
+    """Apply unpickled `state` to `obj` as pickle's BUILD step would (without its slot-state form).
+
+    `torch.nn.Module.__setstate__` matters here: it also adds hook dictionaries missing from pickles written by
+    older PyTorch.
+    """
+    restore = getattr(obj, "__setstate__", None)
+    if callable(restore):
+        restore(state)
+    elif state:
+        obj.__dict__.update(state)
 
 
 # ----------------------------------------------------------------------------
@@ -185,19 +196,38 @@ def _src_to_module(src):
 
 def _check_pickleable(obj):
     """Pickle `obj` into a throw-away buffer, skipping values known to be picklable (cheap); errors propagate."""
+    with io.BytesIO() as sink:
+        pickle.dump(_without_known_pickleables(obj), sink)
 
-    def strip_known(value):
-        if isinstance(value, (list, tuple, set)):
-            return [strip_known(x) for x in value]
-        if isinstance(value, dict):
-            return [[strip_known(k), strip_known(v)] for k, v in value.items()]
-        if isinstance(value, (str, int, float, bool, bytes, bytearray)):
-            return None
-        if f"{type(value).__module__}.{type(value).__name__}" in _PICKLEABLE_TYPE_NAMES:
-            return None
-        if is_persistent(value):
-            return None
-        return value
 
-    with io.BytesIO() as f:
-        pickle.dump(strip_known(obj), f)
+@functools.singledispatch
+def _without_known_pickleables(value):
+    """Copy of `value` in which everything known to pickle fine is `None` (containers become nested lists).
+
+    Only what is left can make pickling fail, so test-pickling the copy is cheap even for large networks.
+    """
+    type_name = f"{type(value).__module__}.{type(value).__name__}"
+    if type_name in _PICKLEABLE_TYPE_NAMES or is_persistent(value):
+        return None
+    return value
+
+
+@_without_known_pickleables.register(list)
+@_without_known_pickleables.register(tuple)
+@_without_known_pickleables.register(set)
+def _(value):
+    return [_without_known_pickleables(item) for item in value]
+
+
+@_without_known_pickleables.register(dict)
+def _(value):
+    return [[_without_known_pickleables(key), _without_known_pickleables(item)] for key, item in value.items()]
+
+
+@_without_known_pickleables.register(str)
+@_without_known_pickleables.register(int)  # also covers bool
+@_without_known_pickleables.register(float)  # also covers NumPy float64 scalars
+@_without_known_pickleables.register(bytes)
+@_without_known_pickleables.register(bytearray)
+def _(_value):
+    return None

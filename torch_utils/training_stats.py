@@ -48,29 +48,27 @@ def report(name, value):
     Returns `value` unchanged, so it can wrap an expression. An empty value only registers the name; every process
     must report the same names in the same first-report order (use `[]` when there is nothing to report).
     """
-    if name not in _counters:
-        _counters[name] = dict()
-
-    elems = torch.as_tensor(value)
-    if elems.numel() == 0:
-        return value
-
-    elems = elems.detach().flatten().to(_reduce_dtype)
-    moments = torch.stack(
-        [
-            torch.ones_like(elems).sum(),
-            elems.sum(),
-            elems.square().sum(),
-        ]
-    )
-    assert moments.ndim == 1 and moments.shape[0] == _num_moments
-    moments = moments.to(_counter_dtype)
-
-    device = moments.device
-    if device not in _counters[name]:
-        _counters[name][device] = torch.zeros_like(moments)
-    _counters[name][device].add_(moments)
+    per_device = _counters.setdefault(name, dict())
+    values = torch.as_tensor(value)
+    if values.numel() != 0:
+        moments = _moments_of(values)
+        if moments.device not in per_device:
+            per_device[moments.device] = torch.zeros_like(moments)
+        per_device[moments.device].add_(moments)
     return value
+
+
+def _moments_of(values):
+    """`[count, sum, sum of squares]` of all elements, each summed in float32, as a float64 tensor `[3]`.
+
+    Keeping the per-call reduction in float32 and only the accumulation in float64 is what fixes the rounding of
+    reported statistics (the reference behaves the same).
+    """
+    flat = values.detach().flatten().to(_reduce_dtype)
+    terms = (torch.ones_like(flat), flat, flat.square())  # one term per moment, in moment order
+    moments = torch.stack([term.sum() for term in terms])
+    misc.assert_shape(moments, [_num_moments])
+    return moments.to(_counter_dtype)
 
 
 def report0(name, value):
@@ -106,11 +104,11 @@ class Collector:
         """Synchronise and capture the statistics reported since the previous update."""
         if not self._keep_previous:
             self._moments.clear()
-        for name, cumulative in _sync(self.names()):
-            if name not in self._cumulative:
-                self._cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-            delta = cumulative - self._cumulative[name]
-            self._cumulative[name].copy_(cumulative)
+        for name, totals in _sync(self.names()):
+            snapshot = self._cumulative.setdefault(name, torch.zeros([_num_moments], dtype=_counter_dtype))
+            # A difference of float64 running totals (not a sum of per-interval values): this fixes the rounding.
+            delta = totals - snapshot
+            snapshot.copy_(totals)
             if float(delta[0]) != 0:
                 self._moments[name] = delta
 
@@ -175,29 +173,30 @@ class Collector:
 
 
 def _sync(names):
-    """Move the per-device counters of `names` into the global running totals; return `(name, totals)` pairs."""
+    """Move the per-device counters of `names` into the global running totals; return `(name, totals)` pairs.
+
+    In multi-process mode this is a collective call: every process must pass the same names in the same order.
+    """
     global _sync_called
     if len(names) == 0:
         return []
     _sync_called = True
 
-    device = _sync_device if _sync_device is not None else torch.device("cpu")
-    deltas = []
-    for name in names:
-        delta = torch.zeros([_num_moments], dtype=_counter_dtype, device=device)
-        for counter in _counters[name].values():
-            delta.add_(counter.to(device))
-            counter.copy_(torch.zeros_like(counter))
-        deltas.append(delta)
-    deltas = torch.stack(deltas)
-    misc.assert_shape(deltas, [len(names), _num_moments])
-
+    device = torch.device("cpu") if _sync_device is None else _sync_device
+    fresh = torch.stack([_drain_counters(name, device) for name in names])  # [len(names), _num_moments]
+    misc.assert_shape(fresh, [len(names), _num_moments])
     if _sync_device is not None:
-        torch.distributed.all_reduce(deltas)
+        torch.distributed.all_reduce(fresh)
 
-    deltas = deltas.cpu()
-    for idx, name in enumerate(names):
-        if name not in _cumulative:
-            _cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-        _cumulative[name].add_(deltas[idx])
+    for name, moments in zip(names, fresh.cpu()):
+        _cumulative.setdefault(name, torch.zeros([_num_moments], dtype=_counter_dtype)).add_(moments)
     return [(name, _cumulative[name]) for name in names]
+
+
+def _drain_counters(name, device):
+    """Sum of all per-device counters of `name` on `device` (float64 `[_num_moments]`); resets them to zero."""
+    total = torch.zeros([_num_moments], dtype=_counter_dtype, device=device)
+    for counter in _counters[name].values():
+        total.add_(counter.to(device))
+        counter.zero_()
+    return total
