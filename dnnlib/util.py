@@ -8,6 +8,7 @@ import html
 import importlib
 import inspect
 import io
+import math
 import os
 import pickle
 import re
@@ -165,39 +166,38 @@ def format_time_brief(seconds):
     return f"{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02}h"
 
 
-_TRUE_STRINGS = ("y", "yes", "t", "true", "on", "1")
-_FALSE_STRINGS = ("n", "no", "f", "false", "off", "0")
+# Classic truth strings (the old distutils rule), keyed by their lower-case spelling.
+_TRUTH_VALUES = {
+    **dict.fromkeys(("y", "yes", "t", "true", "on", "1"), 1),
+    **dict.fromkeys(("n", "no", "f", "false", "off", "0"), 0),
+}
 
 
 def strtobool(text):
     """Classic truth-string parsing: 1 for y/yes/t/true/on/1, 0 for n/no/f/false/off/0 (case-insensitive)."""
-    text = text.lower()
-    if text in _TRUE_STRINGS:
-        return 1
-    if text in _FALSE_STRINGS:
-        return 0
-    raise ValueError(f"invalid truth value {text!r}")
+    key = text.lower()
+    if key not in _TRUTH_VALUES:
+        raise ValueError(f"invalid truth value {key!r}")
+    return _TRUTH_VALUES[key]
 
 
 def ask_yes_no(question):
     """Ask `question [y/n]` on the console until the answer parses; return 1 or 0."""
-    while True:
-        try:
-            print(f"{question} [y/n]")
-            return strtobool(input().lower())
-        except ValueError:
-            pass
+    prompt = f"{question} [y/n]"
+    verdict = None
+    while verdict is None:
+        print(prompt)
+        verdict = _TRUTH_VALUES.get(input().lower())
+    return verdict
 
 
 def tuple_product(t):
     """Product of the elements of `t` (1 for an empty tuple)."""
-    result = 1
-    for v in t:
-        result *= v
-    return result
+    return math.prod(t, start=1)
 
 
-_str_to_ctype = {
+# Every supported element type by numpy name, with the ctypes type of the same width and kind.
+_CTYPE_BY_NAME = {
     "uint8": ctypes.c_ubyte,
     "uint16": ctypes.c_uint16,
     "uint32": ctypes.c_uint32,
@@ -211,35 +211,40 @@ _str_to_ctype = {
 }
 
 
+def _type_name(type_obj):
+    """Name of a type given as a string, a class (`__name__`) or a numpy dtype (`name`)."""
+    if isinstance(type_obj, str):
+        return type_obj
+    for attribute in ("__name__", "name"):
+        if hasattr(type_obj, attribute):
+            return getattr(type_obj, attribute)
+    raise RuntimeError("Cannot infer type name from input")
+
+
 def get_dtype_and_ctype(type_obj):
     """`(numpy.dtype, ctypes type)` for a type given by name string, or by an object with `__name__` or `name`."""
-    if isinstance(type_obj, str):
-        type_str = type_obj
-    elif hasattr(type_obj, "__name__"):
-        type_str = type_obj.__name__
-    elif hasattr(type_obj, "name"):
-        type_str = type_obj.name
-    else:
-        raise RuntimeError("Cannot infer type name from input")
-    assert type_str in _str_to_ctype, f"unsupported type name {type_str!r}; expected one of {list(_str_to_ctype)}"
-    my_dtype = np.dtype(type_str)
-    my_ctype = _str_to_ctype[type_str]
-    assert my_dtype.itemsize == ctypes.sizeof(my_ctype)
-    return my_dtype, my_ctype
+    name = _type_name(type_obj)
+    assert name in _CTYPE_BY_NAME, f"unsupported type name {name!r}; expected one of {list(_CTYPE_BY_NAME)}"
+    numpy_type, c_type = np.dtype(name), _CTYPE_BY_NAME[name]
+    assert numpy_type.itemsize == ctypes.sizeof(c_type), f"{name}: numpy and ctypes sizes differ"
+    return numpy_type, c_type
 
 
 def is_pickleable(obj):
     """True iff `obj` can be pickled."""
     try:
-        with io.BytesIO() as stream:
-            pickle.dump(obj, stream)
-        return True
+        pickle.dumps(obj)
     except Exception:
         return False
+    return True
 
 
 # ----------------------------------------------------------------------------
 # Looking up objects by dotted name
+
+
+# Leading abbreviations; the dot is deliberately a regex wildcard (`np` plus any one character).
+_NAME_SHORTHANDS = (("^np.", "numpy."), ("^tf.", "tensorflow."))
 
 
 def _walk_attributes(obj, dotted_name):
@@ -248,41 +253,57 @@ def _walk_attributes(obj, dotted_name):
     return obj
 
 
-def get_module_from_obj_name(obj_name):
-    """Split `obj_name` into `(module, local dotted name)`, preferring the longest importable module prefix."""
-    # Shorthands; the dot is deliberately a regex wildcard, as in the original.
-    obj_name = re.sub("^np.", "numpy.", obj_name)
-    obj_name = re.sub("^tf.", "tensorflow.", obj_name)
+def _expand_shorthands(obj_name):
+    for pattern, replacement in _NAME_SHORTHANDS:
+        obj_name = re.sub(pattern, replacement, obj_name)
+    return obj_name
 
-    parts = obj_name.split(".")
-    candidates = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts), 0, -1)]
 
-    for module_name, local_name in candidates:
+def _module_splits(obj_name):
+    """Every `(module prefix, local remainder)` split of `obj_name`, longest module prefix first."""
+    splits = [(obj_name, "")]
+    for depth in range(1, obj_name.count(".") + 1):
+        module_name, *local_parts = obj_name.rsplit(".", depth)
+        splits.append((module_name, ".".join(local_parts)))
+    return splits
+
+
+def _resolve_split(module_name, local_name):
+    """The module if `module_name` imports and contains `local_name`, else None."""
+    try:
+        module = importlib.import_module(module_name)
+        get_obj_from_module(module, local_name)
+    except Exception:
+        return None
+    return module
+
+
+def _raise_lookup_error(obj_name, splits):
+    """Raise the most telling error for a name that no split resolves."""
+    # A module that exists but fails to import is the real problem; "No module named '<prefix>'" only says
+    # that this split guessed the module boundary wrong.
+    importable = []
+    for module_name, local_name in splits:
         try:
-            module = importlib.import_module(module_name)
-            get_obj_from_module(module, local_name)
-            return module, local_name
-        except Exception:
-            pass
-
-    # Nothing worked: surface the most informative error. An ImportError that is not "this module does not
-    # exist" means the module exists but failed to import.
-    for module_name, _local_name in candidates:
-        try:
-            importlib.import_module(module_name)
+            importable.append((importlib.import_module(module_name), local_name))
         except ImportError as exc:
             if not str(exc).startswith(f"No module named '{module_name}'"):
                 raise
-
-    # A module that imports fine but lacks the attribute: let the AttributeError propagate.
-    for module_name, local_name in candidates:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
+    # Next best: the AttributeError of an existing module that lacks the requested object.
+    for module, local_name in importable:
         get_obj_from_module(module, local_name)
-
     raise ImportError(obj_name)
+
+
+def get_module_from_obj_name(obj_name):
+    """Split `obj_name` into `(module, local dotted name)`, preferring the longest importable module prefix."""
+    obj_name = _expand_shorthands(obj_name)
+    splits = _module_splits(obj_name)
+    for module_name, local_name in splits:
+        module = _resolve_split(module_name, local_name)
+        if module is not None:
+            return module, local_name
+    _raise_lookup_error(obj_name, splits)
 
 
 def get_obj_from_module(module, obj_name):
@@ -335,37 +356,36 @@ def get_top_level_function_name(obj):
 # File-system helpers
 
 
+def _matches_any(name, patterns):
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
 def list_dir_recursively_with_ignore(dir_path, ignores=None, add_base_to_relative=False):
     """`(absolute-ish path, relative path)` of every file under `dir_path`, skipping `fnmatch` patterns in
     `ignores` (matching directories are not descended into)."""
     assert os.path.isdir(dir_path), f"not a directory: {dir_path}"
+    patterns = () if ignores is None else tuple(ignores)
     base_name = os.path.basename(os.path.normpath(dir_path))
-    if ignores is None:
-        ignores = []
 
-    result = []
-    for root, dirs, files in os.walk(dir_path, topdown=True):
-        for pattern in ignores:
-            dirs_to_remove = [d for d in dirs if fnmatch.fnmatch(d, pattern)]
-            for d in dirs_to_remove:
-                dirs.remove(d)
-            files = [f for f in files if not fnmatch.fnmatch(f, pattern)]
+    def relative(path):
+        rel = os.path.relpath(path, dir_path)
+        return os.path.join(base_name, rel) if add_base_to_relative else rel
 
-        absolute_paths = [os.path.join(root, f) for f in files]
-        relative_paths = [os.path.relpath(p, dir_path) for p in absolute_paths]
-        if add_base_to_relative:
-            relative_paths = [os.path.join(base_name, p) for p in relative_paths]
-        assert len(absolute_paths) == len(relative_paths)
-        result += zip(absolute_paths, relative_paths)
-    return result
+    listing = []
+    for walk_root, subdirs, file_names in os.walk(dir_path, topdown=True):
+        # os.walk descends into whatever is left in `subdirs`, so pruning must edit that very list.
+        subdirs[:] = [name for name in subdirs if not _matches_any(name, patterns)]
+        kept = (os.path.join(walk_root, name) for name in file_names if not _matches_any(name, patterns))
+        listing.extend((path, relative(path)) for path in kept)
+    return listing
 
 
 def copy_files_and_create_dirs(files):
     """Copy each `(src, dst)` pair, creating missing parent directories of `dst`."""
     for src, dst in files:
-        target_dir = os.path.dirname(dst)
-        if target_dir and not os.path.exists(target_dir):
-            os.makedirs(target_dir)
+        parent = os.path.dirname(dst)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
         shutil.copyfile(src, dst)
 
 

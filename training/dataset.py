@@ -19,6 +19,7 @@ reference wording: "Path must point to a directory or zip", "No image files foun
 and "Image files do not match the specified resolution".
 """
 
+import contextlib
 import io
 import json
 import math
@@ -37,6 +38,8 @@ try:
 except ImportError:
     pyspng = None
 
+_CLASS_LABEL_DTYPE = np.int64  # Raw labels that are class indices; items get them one-hot.
+_VECTOR_LABEL_DTYPE = np.float32  # Raw labels that are vectors; items get them as they are.
 LABELS_FILE = "dataset.json"  # Only this exact root-level name holds labels.
 _MAX_SNIPPET = 60  # Characters of offending JSON quoted in error messages.
 
@@ -64,6 +67,10 @@ class Dataset(torch.utils.data.Dataset):
         random_seed: seed used only for the `max_size` subset.
     """
 
+    # Attributes pickled as None and rebuilt lazily on first use. Labels are cheap to re-read and may be large,
+    # so DataLoader workers reload them rather than receive a copy.
+    _UNPICKLED_ATTRS = ("_raw_labels",)
+
     def __init__(self, name, raw_shape, max_size=None, use_labels=False, xflip=False, random_seed=0):
         self._name = name
         self._raw_shape = list(raw_shape)
@@ -89,17 +96,19 @@ class Dataset(torch.utils.data.Dataset):
     def _get_raw_labels(self):
         """Raw labels of all R raw images: int64 `[R]` class indices or float32 `[R, D]` (`[R, 0]` = none)."""
         if self._raw_labels is None:
-            labels = self._load_raw_labels() if self._use_labels else None
-            if labels is None:
-                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
-            assert isinstance(labels, np.ndarray)
-            assert labels.shape[0] == self._raw_shape[0]
-            assert labels.dtype in [np.float32, np.int64]
-            if labels.dtype == np.int64:
-                assert labels.ndim == 1
-                assert np.all(labels >= 0)
-            self._raw_labels = labels
+            self._raw_labels = _checked_raw_labels(self._read_raw_labels(), num_raw=self._raw_shape[0])
         return self._raw_labels
+
+    def _read_raw_labels(self):
+        """The subclass's labels when they are wanted and exist, else an empty float32 `[R, 0]` table."""
+        loaded = self._load_raw_labels() if self._use_labels else None
+        if loaded is None:
+            return np.zeros([self._raw_shape[0], 0], dtype=_VECTOR_LABEL_DTYPE)
+        return loaded
+
+    def _raw_label_of(self, idx):
+        """Raw label row of item `idx` (a view or numpy scalar into the cached table)."""
+        return self._get_raw_labels()[self._raw_idx[idx]]
 
     def close(self):
         """Release resources held by the subclass (no-op here)."""
@@ -113,14 +122,15 @@ class Dataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getstate__(self):
-        # Labels are cheap to re-read and may be large, so workers reload them lazily.
-        return dict(self.__dict__, _raw_labels=None)
+        state = self.__dict__.copy()
+        for attr in self._UNPICKLED_ATTRS:
+            state[attr] = None
+        return state
 
     def __del__(self):
-        try:
+        # Interpreter shutdown may already have torn down what close() needs; there is nobody to report to.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __len__(self):
         return self._raw_idx.size
@@ -128,29 +138,26 @@ class Dataset(torch.utils.data.Dataset):
     def __getitem__(self, idx):
         """Returns (uint8 `[C, H, W]` image, float32 `[label_dim]` label)."""
         image = self._load_raw_image(self._raw_idx[idx])
-        assert isinstance(image, np.ndarray)
-        assert list(image.shape) == self.image_shape
-        assert image.dtype == np.uint8
+        _check_raw_image(image, self.image_shape)
         if self._xflip[idx]:
-            assert image.ndim == 3
-            image = image[:, :, ::-1]
+            assert image.ndim == 3, f"x-flip needs a [C, H, W] image, found shape {list(image.shape)}"
+            image = image[..., ::-1]  # mirror along W, the last axis
+        # Always a fresh contiguous array: the hook may hand out a view of data it keeps.
         return image.copy(), self.get_label(idx)
 
     def get_label(self, idx):
         """Float32 `[label_dim]` label of item `idx`: one-hot for class labels, else a copy of the vector."""
-        label = self._get_raw_labels()[self._raw_idx[idx]]
-        if label.dtype == np.int64:
-            onehot = np.zeros(self.label_shape, dtype=np.float32)
-            onehot[label] = 1
-            label = onehot
-        return label.copy()
+        raw_label = self._raw_label_of(idx)
+        if self.has_onehot_labels:
+            return _one_hot(raw_label, self.label_dim)
+        return raw_label.copy()
 
     def get_details(self, idx):
         """Record of item `idx`: `raw_idx` (int), `xflip` (bool) and `raw_label` (int64 scalar or float32 row)."""
         return dnnlib.EasyDict(
             raw_idx=int(self._raw_idx[idx]),
-            xflip=(int(self._xflip[idx]) != 0),
-            raw_label=self._get_raw_labels()[self._raw_idx[idx]].copy(),
+            xflip=bool(self._xflip[idx]),
+            raw_label=self._raw_label_of(idx).copy(),
         )
 
     @property
@@ -178,7 +185,7 @@ class Dataset(torch.utils.data.Dataset):
         """`[num_classes]` for class labels (over all raw images, not just the subset), else `[D]`."""
         if self._label_shape is None:
             raw_labels = self._get_raw_labels()
-            if raw_labels.dtype == np.int64:
+            if raw_labels.dtype == _CLASS_LABEL_DTYPE:
                 self._label_shape = [int(np.max(raw_labels)) + 1]
             else:
                 self._label_shape = list(raw_labels.shape[1:])
@@ -195,7 +202,30 @@ class Dataset(torch.utils.data.Dataset):
 
     @property
     def has_onehot_labels(self):
-        return self._get_raw_labels().dtype == np.int64
+        return self._get_raw_labels().dtype == _CLASS_LABEL_DTYPE
+
+
+def _checked_raw_labels(labels, num_raw):
+    """Assert that a label table fits the contract of `Dataset._load_raw_labels` for `num_raw` images."""
+    assert isinstance(labels, np.ndarray), f"raw labels must be a numpy array, found {type(labels).__name__}"
+    assert labels.shape[0] == num_raw, f"expected raw labels for {num_raw} images, found {labels.shape[0]}"
+    assert labels.dtype in (_VECTOR_LABEL_DTYPE, _CLASS_LABEL_DTYPE), f"unsupported raw label dtype {labels.dtype}"
+    if labels.dtype == _CLASS_LABEL_DTYPE:
+        assert labels.ndim == 1, f"class labels must be one index per image, found shape {list(labels.shape)}"
+        assert (labels >= 0).all(), "class labels must be non-negative"
+    return labels
+
+
+def _check_raw_image(image, image_shape):
+    """Assert that a subclass hook returned a uint8 image of the dataset's `[C, H, W]` shape."""
+    assert isinstance(image, np.ndarray), f"raw image must be a numpy array, found {type(image).__name__}"
+    assert list(image.shape) == image_shape, f"raw image shape {list(image.shape)} != dataset shape {image_shape}"
+    assert image.dtype == np.uint8, f"raw image must be uint8, found {image.dtype}"
+
+
+def _one_hot(class_index, num_classes):
+    """Float32 `[num_classes]` vector that is 1 at `class_index` and 0 elsewhere."""
+    return (np.arange(num_classes) == class_index).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -234,6 +264,9 @@ class ImageFolderDataset(Dataset):
         resolution: expected image side; None accepts the first image's.
         **base_kwargs: `max_size`, `use_labels`, `xflip`, `random_seed` (see `Dataset`).
     """
+
+    # Open file handles cannot cross process boundaries; each worker reopens the archive on first use.
+    _UNPICKLED_ATTRS = Dataset._UNPICKLED_ATTRS + ("_zipfile", "_zipfile_pid")
 
     def __init__(self, path, resolution=None, **base_kwargs):
         self._path = path
@@ -327,10 +360,6 @@ class ImageFolderDataset(Dataset):
         finally:
             self._zipfile = None
             self._zipfile_pid = None
-
-    def __getstate__(self):
-        # Open file handles cannot cross process boundaries; each worker reopens the archive on first use.
-        return dict(super().__getstate__(), _zipfile=None, _zipfile_pid=None)
 
     # --- images --------------------------------------------------------------------------------------------
 
@@ -455,5 +484,5 @@ def _labels_to_array(labels, names, where):
                 f"vector for '{first_vector[0]}'; expected one kind for all images"
             )
     if first_class is not None:
-        return np.array([int(x) for x in labels], dtype=np.int64)
-    return np.array(labels, dtype=np.float32)  # [R, D]; D may be 0.
+        return np.array([int(x) for x in labels], dtype=_CLASS_LABEL_DTYPE)
+    return np.array(labels, dtype=_VECTOR_LABEL_DTYPE)  # [R, D]; D may be 0.
