@@ -1,9 +1,9 @@
 """Command-line metric evaluation: FID, KID, precision/recall, IS or PPL of the G_ema network stored in a pickle."""
 
 import copy
+import dataclasses
 import json
 import os
-import tempfile
 
 import click
 import torch
@@ -13,66 +13,120 @@ import legacy
 from dnnlib import cli
 from metrics import metric_main, metric_utils
 from torch_utils import custom_ops, misc, training_stats
+from torch_utils.launch import run_processes, spawned_process_group
 
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def subprocess_fn(rank, args, temp_dir):
-    """One evaluation worker (rank `rank` of `args.num_gpus`)."""
-    dnnlib.util.Logger(should_flush=True)
+@dataclasses.dataclass
+class EvaluationJob:
+    """What every evaluation process needs: the network, what to measure, and where to report it."""
 
-    if args.num_gpus > 1:
-        init_file = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
-        if os.name == "nt":
-            init_method = "file:///" + init_file.replace("\\", "/")
-            torch.distributed.init_process_group(
-                backend="gloo", init_method=init_method, rank=rank, world_size=args.num_gpus
-            )
-        else:
-            init_method = f"file://{init_file}"
-            torch.distributed.init_process_group(
-                backend="nccl", init_method=init_method, rank=rank, world_size=args.num_gpus
-            )
+    G: torch.nn.Module  # G_ema of the pickle, still on the CPU.
+    metrics: list[str]
+    dataset_kwargs: dnnlib.EasyDict  # Real images to compare with.
+    num_gpus: int
+    network_pkl: str  # As given on the command line; recorded in the results.
+    run_dir: str | None  # Training run the pickle belongs to, which also gets the results.
+    verbose: bool
+    detector_dir: str | None
 
-    sync_device = torch.device("cuda", rank) if args.num_gpus > 1 else None
-    training_stats.init_multiprocessing(rank=rank, sync_device=sync_device)
-    if rank != 0 or not args.verbose:
-        custom_ops.verbosity = "none"
-    if args.detector_dir is not None:
-        metric_utils.set_detector_dir(args.detector_dir)  # Spawned workers do not inherit module state.
 
-    device = metric_utils.default_device(rank)
+def _configure_backends(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         # Full-precision matmuls/convolutions keep the numbers comparable with published results.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    G = copy.deepcopy(args.G).eval().requires_grad_(False).to(device)
-    if rank == 0 and args.verbose:
-        z = torch.empty([1, G.z_dim], device=device)
-        c = torch.empty([1, G.c_dim], device=device)
+
+
+def _frozen_copy(G: torch.nn.Module, device: torch.device, show_summary: bool) -> torch.nn.Module:
+    """This process's own inference-only copy of G on `device`; optionally prints its module table."""
+    G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+    if show_summary:
+        # One forward pass with placeholder inputs: a [1, z_dim] latent and a [1, c_dim] label.
+        z, c = torch.empty([1, G.z_dim], device=device), torch.empty([1, G.c_dim], device=device)
         misc.print_module_summary(G, [z, c])
+    return G
 
-    for metric in args.metrics:
-        if rank == 0 and args.verbose:
-            print(f"Calculating {metric}...")
-        progress = metric_utils.ProgressMonitor(verbose=args.verbose)
-        result_dict = metric_main.calc_metric(
-            metric=metric,
-            G=G,
-            dataset_kwargs=args.dataset_kwargs,
-            num_gpus=args.num_gpus,
-            rank=rank,
-            device=device,
-            progress=progress,
-        )
-        if rank == 0:
-            metric_main.report_metric(result_dict, run_dir=args.run_dir, snapshot_pkl=args.network_pkl)
-        if rank == 0 and args.verbose:
-            print()
 
-    if rank == 0 and args.verbose:
-        print("Exiting...")
+def subprocess_fn(rank: int, args: EvaluationJob, temp_dir: str) -> None:
+    """One evaluation process (rank of args.num_gpus); they share the work of every metric, rank 0 reports."""
+    dnnlib.util.Logger(should_flush=True)
+    leader = rank == 0
+    chatty = leader and args.verbose
+    device = metric_utils.default_device(rank)
+    with spawned_process_group(rank, args.num_gpus, temp_dir, device):
+        training_stats.init_multiprocessing(rank=rank, sync_device=device if args.num_gpus > 1 else None)
+        if not chatty:
+            custom_ops.verbosity = "none"
+        if args.detector_dir is not None:
+            metric_utils.set_detector_dir(args.detector_dir)  # Spawned processes do not inherit module state.
+        _configure_backends(device)
+        G = _frozen_copy(args.G, device, show_summary=chatty)
+
+        for metric in args.metrics:
+            if chatty:
+                print(f"Calculating {metric}...")
+            result = metric_main.calc_metric(
+                metric=metric,
+                G=G,
+                dataset_kwargs=args.dataset_kwargs,
+                num_gpus=args.num_gpus,
+                rank=rank,
+                device=device,
+                progress=metric_utils.ProgressMonitor(verbose=args.verbose),
+            )
+            if leader:
+                metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network_pkl)
+            if chatty:
+                print()
+        if chatty:
+            print("Exiting...")
+
+
+def _check_options(ctx: click.Context, metrics: list[str], gpus: int, network_pkl: str) -> None:
+    """Usage errors, in the order of spec metrics_and_tools.md §4.2; nothing is loaded before these pass."""
+    if not all(metric_main.is_valid_metric(name) for name in metrics):
+        ctx.fail("\n".join(["--metrics can only contain the following values:", *metric_main.list_valid_metrics()]))
+    if gpus < 1:
+        ctx.fail("--gpus must be at least 1")
+    if not (dnnlib.util.is_url(network_pkl, allow_file_urls=True) or os.path.isfile(network_pkl)):
+        ctx.fail("--network must point to a file or URL")
+
+
+def _load_network(network_pkl: str, verbose: bool) -> tuple[torch.nn.Module, dict | None]:
+    """G_ema of the pickle and the training-set options the training run stored in it (None if it has none)."""
+    if verbose:
+        print(f'Loading network from "{network_pkl}"...')
+    with dnnlib.util.open_url(network_pkl, verbose=verbose) as f:
+        snapshot = legacy.load_network_pkl(f)
+    return snapshot["G_ema"], snapshot.get("training_set_kwargs")
+
+
+def _dataset_options(
+    ctx: click.Context, data: str | None, mirror: bool | None, G: torch.nn.Module, recorded: dict | None
+) -> dnnlib.EasyDict:
+    """Real-image options: --data if given, else those recorded at training time; --mirror overrides xflip."""
+    if data is not None:
+        options = dnnlib.EasyDict(class_name="training.dataset.ImageFolderDataset", path=data)
+    elif recorded is not None:
+        options = dnnlib.EasyDict(recorded)
+    else:
+        ctx.fail("Could not look up dataset options; please specify --data")
+    # The network, not the recorded options, decides the image size and whether labels are needed.
+    options.update(resolution=G.img_resolution, use_labels=G.c_dim != 0)
+    if mirror is not None:
+        options.xflip = mirror
+    return options
+
+
+def _run_dir_of(network_pkl: str) -> str | None:
+    """The training run a local snapshot belongs to: its folder, if that holds training_options.json."""
+    if not os.path.isfile(network_pkl):
+        return None
+    folder = os.path.dirname(network_pkl)
+    return folder if os.path.isfile(os.path.join(folder, "training_options.json")) else None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -171,56 +225,29 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
     cache ($DNNLIB_CACHE_DIR, default ~/.cache/dnnlib).
     """
     dnnlib.util.Logger(should_flush=True)
-
-    # Reject bad options before anything is loaded.
-    args = dnnlib.EasyDict(metrics=metrics, num_gpus=gpus, network_pkl=network_pkl, verbose=verbose)
-    if not all(metric_main.is_valid_metric(metric) for metric in args.metrics):
-        ctx.fail("\n".join(["--metrics can only contain the following values:"] + metric_main.list_valid_metrics()))
-    if not args.num_gpus >= 1:
-        ctx.fail("--gpus must be at least 1")
-    if not (dnnlib.util.is_url(network_pkl, allow_file_urls=True) or os.path.isfile(network_pkl)):
-        ctx.fail("--network must point to a file or URL")
-    args.detector_dir = detector_dir
+    _check_options(ctx, metrics, gpus, network_pkl)
     if detector_dir is not None:
         metric_utils.set_detector_dir(detector_dir)
 
-    # Load the network.
-    if args.verbose:
-        print(f'Loading network from "{network_pkl}"...')
-    with dnnlib.util.open_url(network_pkl, verbose=args.verbose) as f:
-        network_dict = legacy.load_network_pkl(f)
-        args.G = network_dict["G_ema"]
-
-    # Dataset options: explicit --data, else whatever the snapshot recorded from training.
-    if data is not None:
-        args.dataset_kwargs = dnnlib.EasyDict(class_name="training.dataset.ImageFolderDataset", path=data)
-    elif network_dict["training_set_kwargs"] is not None:
-        args.dataset_kwargs = dnnlib.EasyDict(network_dict["training_set_kwargs"])
-    else:
-        ctx.fail("Could not look up dataset options; please specify --data")
-    args.dataset_kwargs.resolution = args.G.img_resolution
-    args.dataset_kwargs.use_labels = args.G.c_dim != 0
-    if mirror is not None:
-        args.dataset_kwargs.xflip = mirror
-    if args.verbose:
+    G, recorded_dataset = _load_network(network_pkl, verbose)
+    dataset_kwargs = _dataset_options(ctx, data, mirror, G, recorded_dataset)
+    if verbose:
         print("Dataset options:")
-        print(json.dumps(args.dataset_kwargs, indent=2))
+        print(json.dumps(dataset_kwargs, indent=2))
 
-    # A snapshot inside a training run directory gets its results appended there.
-    args.run_dir = None
-    if os.path.isfile(network_pkl):
-        pkl_dir = os.path.dirname(network_pkl)
-        if os.path.isfile(os.path.join(pkl_dir, "training_options.json")):
-            args.run_dir = pkl_dir
-
-    if args.verbose:
+    job = EvaluationJob(
+        G=G,
+        metrics=metrics,
+        dataset_kwargs=dataset_kwargs,
+        num_gpus=gpus,
+        network_pkl=network_pkl,
+        run_dir=_run_dir_of(network_pkl),
+        verbose=verbose,
+        detector_dir=detector_dir,
+    )
+    if verbose:
         print("Launching processes...")
-    torch.multiprocessing.set_start_method("spawn", force=True)
-    with tempfile.TemporaryDirectory() as temp_dir:
-        if args.num_gpus == 1:
-            subprocess_fn(rank=0, args=args, temp_dir=temp_dir)
-        else:
-            torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
+    run_processes(subprocess_fn, job, gpus)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -4,10 +4,11 @@ Options, their order and their errors follow the reference implementation (spec:
 from its successor are added (--cbase, --cmax, --map, --tick, --batch-gpu, fractional --kimg).
 """
 
+import dataclasses
 import json
 import os
 import re
-import tempfile
+import typing
 
 import click
 import torch
@@ -16,7 +17,9 @@ import dnnlib
 from dnnlib import cli
 from metrics import metric_main
 from torch_utils import custom_ops, training_stats
+from torch_utils.launch import run_processes, spawned_process_group
 from training import training_loop
+from training.augment import AUGPIPE_SPECS
 
 RESUME_SPECS = {
     "ffhq256": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl",
@@ -26,32 +29,372 @@ RESUME_SPECS = {
     "lsundog256": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl",
 }
 
-# Base configurations: ref_gpus, kimg, mb, mbstd, fmaps, lrate, gamma, ema, ramp, map (-1 = a formula, for 'auto').
-CFG_SPECS = {
-    "auto": dict(ref_gpus=-1, kimg=25000, mb=-1, mbstd=-1, fmaps=-1, lrate=-1, gamma=-1, ema=-1, ramp=0.05, map=2),
-    "stylegan2": dict(ref_gpus=8, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.002, gamma=10, ema=10, ramp=None, map=8),
-    "paper256": dict(
-        ref_gpus=8, kimg=25000, mb=64, mbstd=8, fmaps=0.5, lrate=0.0025, gamma=1, ema=20, ramp=None, map=8
-    ),
-    "paper512": dict(
-        ref_gpus=8, kimg=25000, mb=64, mbstd=8, fmaps=1, lrate=0.0025, gamma=0.5, ema=20, ramp=None, map=8
-    ),
-    "paper1024": dict(ref_gpus=8, kimg=25000, mb=32, mbstd=4, fmaps=1, lrate=0.002, gamma=2, ema=10, ramp=None, map=8),
-    "cifar": dict(
-        ref_gpus=2, kimg=100000, mb=64, mbstd=32, fmaps=1, lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2
-    ),
-}
 
-AUGPIPE_CHOICES = ["blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgc", "bgcf", "bgcfn", "bgcfnc"]
+# The --cfg presets (spec training.md §5.3). "auto" is not a fixed row: see `auto_config`.
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """Hyperparameters of one --cfg preset; the command-line overrides are applied on top of these."""
+
+    ref_gpus: int  # GPU count the preset was tuned for; fixes the per-GPU batch, whatever --gpus is.
+    kimg: int  # Training length.
+    mb: int  # Total batch size.
+    mbstd: int  # Minibatch-stddev group size of D.
+    fmaps: float  # Capacity: channel_base = fmaps * 32768.
+    lrate: float  # Adam learning rate of G and D.
+    gamma: float  # R1 weight.
+    ema: float  # G_ema half-life in kimg.
+    ramp: float | None  # G_ema ramp-up ratio (None = off).
+    map: int  # Mapping network depth.
+
+    @property
+    def batch_gpu(self) -> int:
+        return self.mb // self.ref_gpus
+
+
+FIXED_CONFIGS = {  # Positional fields follow the columns of the spec table.
+    "stylegan2": BaseConfig(8, 25000, 32, 4, 1, 0.002, 10, 10, None, 8),
+    "paper256": BaseConfig(8, 25000, 64, 8, 0.5, 0.0025, 1, 20, None, 8),
+    "paper512": BaseConfig(8, 25000, 64, 8, 1, 0.0025, 0.5, 20, None, 8),
+    "paper1024": BaseConfig(8, 25000, 32, 4, 1, 0.002, 2, 10, None, 8),
+    "cifar": BaseConfig(2, 100000, 64, 32, 1, 0.0025, 0.01, 500, 0.05, 2),
+}
+CFG_CHOICES = ["auto", *FIXED_CONFIGS]
+
+
+def auto_config(resolution: int, gpus: int) -> BaseConfig:
+    """The 'auto' preset: batch, capacity, learning rate, R1 weight and EMA derived from resolution and GPU count."""
+    mb = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+    return BaseConfig(
+        ref_gpus=gpus,
+        kimg=25000,
+        mb=mb,
+        mbstd=min(mb // gpus, 4),
+        fmaps=1 if resolution >= 512 else 0.5,
+        lrate=0.002 if resolution >= 1024 else 0.0025,
+        gamma=0.0002 * (resolution**2) / mb,  # Spec order of evaluation: the value is compared bit for bit.
+        ema=mb * 10 / 32,
+        ramp=0.05,
+        map=2,
+    )
+
+
+AUGPIPE_CHOICES = list(AUGPIPE_SPECS)
+
+# Settings every preset shares (spec training.md §5.2 step 9).
+LATENT_DIM = 512
+CHANNELS_PER_FMAP = 32768
+CHANNEL_MAX = 512
+FP16_RESOLUTIONS = 4  # Number of highest resolutions run in float16.
+CONV_CLAMP = 256
+DEFAULT_LOADER_WORKERS = 3
+DEFAULT_ADA_TARGET = 0.6
+RESUME_ADA_KIMG = 100  # A resumed (transfer) run adapts its augmentation faster.
+
+# Options with a plain default: None (not given) is replaced by these before anything else.
+# --aug, --augpipe and --resume are not here: whether they were given changes the run description.
+OPTION_DEFAULTS = dict(
+    gpus=1,
+    snap=50,
+    metrics=("fid50k_full",),
+    seed=0,
+    cond=False,
+    mirror=False,
+    cfg="auto",
+    fp32=False,
+    nhwc=False,
+    nobench=False,
+    allow_tf32=False,
+)
+
+# The type click gives each typed option; the numeric extensions (--kimg, --tick, ...) accept int or float.
+OPTION_TYPES = dict(
+    gpus=int,
+    snap=int,
+    metrics=list,
+    seed=int,
+    data=str,
+    cond=bool,
+    subset=int,
+    mirror=bool,
+    cfg=str,
+    gamma=float,
+    batch=int,
+    aug=str,
+    p=float,
+    target=float,
+    augpipe=str,
+    resume=str,
+    freezed=int,
+    fp32=bool,
+    nhwc=bool,
+    nobench=bool,
+    allow_tf32=bool,
+    workers=int,
+)
 
 
 class UserError(Exception):
     """An invalid option or combination of options; reported as a click usage error (exit status 2)."""
 
 
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
 def _number(value: float) -> int | float:
     """A float option as the reference writes it: integral values as int (10, not 10.0)."""
     return int(value) if float(value).is_integer() else float(value)
+
+
+class _DatasetFacts(typing.NamedTuple):
+    name: str
+    resolution: int
+    has_labels: bool
+    size: int
+
+
+def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
+    """Open the dataset once for its name, resolution, labels and size; unreadable or malformed data is a usage
+    error whose message (from the dataset module) names the file and the problem."""
+    dataset = None
+    try:
+        dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+        # The labels are read lazily, so has_labels can fail too.
+        return _DatasetFacts(dataset.name, dataset.resolution, dataset.has_labels, len(dataset))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--data: {err}") from err
+    finally:
+        if dataset is not None:
+            dataset.close()
+
+
+def _adam(lrate: float) -> dnnlib.EasyDict:
+    return dnnlib.EasyDict(class_name="torch.optim.Adam", lr=lrate, betas=[0, 0.99], eps=1e-8)
+
+
+def _network_kwargs(config: BaseConfig) -> tuple[dnnlib.EasyDict, dnnlib.EasyDict]:
+    """G and D constructor kwargs of a preset, keys in training_options.json order."""
+    shared = dict(
+        channel_base=int(config.fmaps * CHANNELS_PER_FMAP),
+        channel_max=CHANNEL_MAX,
+        num_fp16_res=FP16_RESOLUTIONS,
+        conv_clamp=CONV_CLAMP,
+    )
+    G_kwargs = dnnlib.EasyDict(
+        class_name="training.networks.Generator",
+        z_dim=LATENT_DIM,
+        w_dim=LATENT_DIM,
+        mapping_kwargs=dnnlib.EasyDict(num_layers=config.map),
+        synthesis_kwargs=dnnlib.EasyDict(shared),
+    )
+    D_kwargs = dnnlib.EasyDict(
+        class_name="training.networks.Discriminator",
+        block_kwargs=dnnlib.EasyDict(),
+        mapping_kwargs=dnnlib.EasyDict(),
+        epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=config.mbstd),
+        **shared,
+    )
+    return G_kwargs, D_kwargs
+
+
+class _OptionsBuilder:
+    """Collects training_loop kwargs and run-description parts, one option group per method.
+
+    The methods must be called in spec order (training.md §5.2): that is the order in which bad options are
+    reported, and every key is first inserted where training_options.json lists it.
+    """
+
+    def __init__(self):
+        self.args = dnnlib.EasyDict()
+        self.desc_parts: list[str] = []
+
+    @property
+    def desc(self) -> str:
+        return "-".join(self.desc_parts)
+
+    def _set_in_G_and_D(self, **values) -> None:
+        """Settings that G's synthesis network and D always share."""
+        self.args.G_kwargs.synthesis_kwargs.update(values)
+        self.args.D_kwargs.update(values)
+
+    def run_settings(self, gpus: int, snap: int, metrics: list, seed: int) -> None:
+        _require(gpus >= 1 and gpus & (gpus - 1) == 0, "--gpus must be a power of two")
+        _require(snap >= 1, "--snap must be at least 1")
+        valid = metric_main.list_valid_metrics()
+        _require(
+            all(metric_main.is_valid_metric(name) for name in metrics),
+            "\n".join(["--metrics can only contain the following values:", *valid]),
+        )
+        self.args.update(
+            num_gpus=gpus,
+            image_snapshot_ticks=snap,
+            network_snapshot_ticks=snap,
+            metrics=list(metrics),
+            random_seed=seed,
+        )
+
+    def dataset(self, data: str, cond: bool, subset: int | None, mirror: bool) -> int:
+        """Training set and loader settings; returns the resolution, which the 'auto' preset needs."""
+        probe_kwargs = dnnlib.EasyDict(
+            class_name="training.dataset.ImageFolderDataset", path=data, use_labels=True, max_size=None, xflip=False
+        )
+        facts = _probe_dataset(probe_kwargs)
+        self.desc_parts.append(facts.name)
+        if cond:
+            _require(facts.has_labels, "--cond=True requires labels specified in dataset.json")
+            self.desc_parts.append("cond")
+        if subset is not None:
+            _require(1 <= subset <= facts.size, f"--subset must be between 1 and {facts.size}")
+            self.desc_parts.append(f"subset{subset}")
+        if mirror:
+            self.desc_parts.append("mirror")
+
+        # Updating the probe's kwargs keeps their key order; resolution (and the subset seed) come last.
+        training_set = dnnlib.EasyDict(
+            probe_kwargs,
+            use_labels=cond,
+            max_size=facts.size if subset is None else subset,
+            xflip=mirror,
+            resolution=facts.resolution,
+        )
+        if subset is not None and subset < facts.size:
+            training_set.random_seed = self.args.random_seed  # Which images form the subset.
+        self.args.training_set_kwargs = training_set
+        self.args.data_loader_kwargs = dnnlib.EasyDict(
+            pin_memory=True, num_workers=DEFAULT_LOADER_WORKERS, prefetch_factor=2
+        )
+        return facts.resolution
+
+    def preset(self, cfg: str, gpus: int, resolution: int) -> None:
+        if cfg == "auto":
+            config = auto_config(resolution, gpus)
+            self.desc_parts.append(f"{cfg}{gpus:d}")
+        else:
+            config = FIXED_CONFIGS[cfg]
+            self.desc_parts.append(cfg)
+        G_kwargs, D_kwargs = _network_kwargs(config)
+        loss_kwargs = dnnlib.EasyDict(class_name="training.loss.StyleGAN2Loss", r1_gamma=config.gamma)
+        if cfg == "cifar":
+            # The paper's CIFAR-10 setup: no path-length regularisation or style mixing, and D without residuals.
+            loss_kwargs.update(pl_weight=0, style_mixing_prob=0)
+            D_kwargs.architecture = "orig"
+        self.args.update(
+            G_kwargs=G_kwargs,
+            D_kwargs=D_kwargs,
+            G_opt_kwargs=_adam(config.lrate),
+            D_opt_kwargs=_adam(config.lrate),
+            loss_kwargs=loss_kwargs,
+            total_kimg=config.kimg,
+            batch_size=config.mb,
+            batch_gpu=config.batch_gpu,
+            ema_kimg=config.ema,
+            ema_rampup=config.ramp,
+        )
+
+    def overrides(self, gamma: float | None, kimg: float | None, batch: int | None, gpus: int) -> None:
+        if gamma is not None:
+            _require(gamma >= 0, "--gamma must be non-negative")
+            self.desc_parts.append(f"gamma{gamma:g}")
+            self.args.loss_kwargs.r1_gamma = gamma
+        if kimg is not None:
+            _require(kimg > 0, "--kimg must be positive")
+            self.desc_parts.append(f"kimg{_number(kimg)}")
+            self.args.total_kimg = _number(kimg)
+        if batch is not None:
+            _require(batch >= 1 and batch % gpus == 0, "--batch must be at least 1 and divisible by --gpus")
+            self.desc_parts.append(f"batch{batch}")
+            self.args.update(batch_size=batch, batch_gpu=batch // gpus)
+
+    def augmentation(self, aug: str | None, p: float | None, target: float | None, augpipe: str | None) -> None:
+        mode = "ada" if aug is None else aug
+        if aug is not None:
+            self.desc_parts.append(aug)  # Even "ada": only the default leaves no trace.
+        _require(mode in ("ada", "noaug", "fixed"), f"--aug={aug} not supported")
+        _require(mode != "fixed" or p is not None, f"--aug={aug} requires specifying --p")
+        for name, value, needed_mode in (("p", p, "fixed"), ("target", target, "ada")):
+            if value is not None:
+                _require(mode == needed_mode, f"--{name} can only be specified with --aug={needed_mode}")
+                _require(0 <= value <= 1, f"--{name} must be between 0 and 1")
+                self.desc_parts.append(f"{name}{value:g}")
+        if augpipe is not None:
+            _require(mode != "noaug", "--augpipe cannot be specified with --aug=noaug")
+            self.desc_parts.append(augpipe)
+
+        # ada_target and augment_p exclude each other, so either takes the same key position.
+        if mode == "ada":
+            self.args.ada_target = DEFAULT_ADA_TARGET if target is None else target
+        if mode == "fixed":
+            self.args.augment_p = p
+        if mode != "noaug":
+            pipe = AUGPIPE_SPECS["bgc" if augpipe is None else augpipe]
+            self.args.augment_kwargs = dnnlib.EasyDict(class_name="training.augment.AugmentPipe", **pipe)
+
+    def starting_point(self, resume: str | None, freezed: int | None) -> None:
+        resume_pkl = None
+        if resume == "noresume":
+            self.desc_parts.append("noresume")
+        elif resume is not None:
+            self.desc_parts.append(f"resume{resume}" if resume in RESUME_SPECS else "resumecustom")
+            resume_pkl = RESUME_SPECS.get(resume, resume)
+        if resume_pkl is not None:
+            # Transfer learning: G_ema starts from trained weights, so its ramp-up would only slow it down.
+            self.args.update(resume_pkl=resume_pkl, ada_kimg=RESUME_ADA_KIMG, ema_rampup=None)
+        if freezed is not None:
+            _require(freezed >= 0, "--freezed must be non-negative")
+            self.desc_parts.append(f"freezed{freezed:d}")
+            self.args.D_kwargs.block_kwargs.freeze_layers = freezed
+
+    def performance(self, fp32: bool, nhwc: bool, nobench: bool, allow_tf32: bool, workers: int | None) -> None:
+        if fp32:
+            self._set_in_G_and_D(num_fp16_res=0, conv_clamp=None)
+        if nhwc:
+            self.args.G_kwargs.synthesis_kwargs.fp16_channels_last = True
+            self.args.D_kwargs.block_kwargs.fp16_channels_last = True
+        if nobench:
+            self.args.cudnn_benchmark = False
+        if allow_tf32:
+            self.args.allow_tf32 = True
+        if workers is not None:
+            _require(workers >= 1, "--workers must be at least 1")
+            self.args.data_loader_kwargs.num_workers = workers
+
+    def extensions(self, cbase, cmax, map, tick, batch_gpu, gpus: int) -> None:
+        """Options beyond the reference; they never change the run description."""
+        if cbase is not None:
+            _require(cbase >= 1, "--cbase must be at least 1")
+            self._set_in_G_and_D(channel_base=cbase)
+        if cmax is not None:
+            _require(cmax >= 1, "--cmax must be at least 1")
+            self._set_in_G_and_D(channel_max=cmax)
+        if map is not None:
+            _require(map >= 1, "--map must be at least 1")
+            self.args.G_kwargs.mapping_kwargs.num_layers = map
+        if tick is not None:
+            _require(tick > 0, "--tick must be positive")
+            self.args.kimg_per_tick = _number(tick)
+        batch_size = self.args.batch_size
+        if batch_gpu is not None:
+            _require(
+                batch_gpu >= 1 and batch_size % (batch_gpu * gpus) == 0,
+                f"--batch-gpu must be at least 1 and divide --batch/--gpus ({batch_size // gpus})",
+            )
+            self.args.batch_gpu = batch_gpu
+        rounds_of = self.args.batch_gpu
+        _require(
+            rounds_of >= 1 and batch_size % (rounds_of * gpus) == 0,
+            f"the batch of {batch_size} cannot be split into {gpus} processes x rounds of {rounds_of}; use --batch-gpu",
+        )
+
+
+def _check_option_types(options: dict) -> None:
+    """Programming errors (the command line cannot produce them): a missing --data or a value of the wrong type."""
+    if options["data"] is None:
+        raise TypeError("setup_training_loop_kwargs: data (the dataset path) is required")
+    for name, expected in OPTION_TYPES.items():
+        value = options[name]
+        if value is not None and not isinstance(value, expected):
+            raise TypeError(f"setup_training_loop_kwargs: {name} must be {expected.__name__}, not {value!r}")
 
 
 def setup_training_loop_kwargs(
@@ -90,288 +433,21 @@ def setup_training_loop_kwargs(
     the returned kwargs are inserted in the order of spec training.md §5.2, which is the order of
     training_options.json.
     """
-    args = dnnlib.EasyDict()
+    given = dict(locals())  # Exactly the parameters: nothing else is bound yet.
+    _check_option_types(given)
+    o = dnnlib.EasyDict(given)
+    o.update({name: default for name, default in OPTION_DEFAULTS.items() if given[name] is None})
 
-    # Run-wide settings (spec steps 1-4).
-    if gpus is None:
-        gpus = 1
-    assert isinstance(gpus, int)
-    if not (gpus >= 1 and gpus & (gpus - 1) == 0):
-        raise UserError("--gpus must be a power of two")
-    args.num_gpus = gpus
-
-    if snap is None:
-        snap = 50
-    assert isinstance(snap, int)
-    if snap < 1:
-        raise UserError("--snap must be at least 1")
-    args.image_snapshot_ticks = snap
-    args.network_snapshot_ticks = snap
-
-    if metrics is None:
-        metrics = ["fid50k_full"]
-    assert isinstance(metrics, list)
-    if not all(metric_main.is_valid_metric(metric) for metric in metrics):
-        raise UserError(
-            "\n".join(["--metrics can only contain the following values:"] + metric_main.list_valid_metrics())
-        )
-    args.metrics = metrics
-
-    if seed is None:
-        seed = 0
-    assert isinstance(seed, int)
-    args.random_seed = seed
-
-    # Training data and its variants (steps 5-8).
-    assert data is not None
-    assert isinstance(data, str)
-    args.training_set_kwargs = dnnlib.EasyDict(
-        class_name="training.dataset.ImageFolderDataset", path=data, use_labels=True, max_size=None, xflip=False
-    )
-    args.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=3, prefetch_factor=2)
-    try:
-        training_set = dnnlib.util.construct_class_by_name(**args.training_set_kwargs)
-        args.training_set_kwargs.resolution = training_set.resolution
-        args.training_set_kwargs.use_labels = training_set.has_labels
-        args.training_set_kwargs.max_size = len(training_set)
-        desc = training_set.name
-    except OSError as err:
-        raise UserError(f"--data: {err}") from err
-    except ValueError as err:  # A malformed dataset: the dataset module names the file and the problem.
-        raise UserError(f"--data: {err}") from err
-
-    if cond is None:
-        cond = False
-    assert isinstance(cond, bool)
-    if cond:
-        if not args.training_set_kwargs.use_labels:
-            raise UserError("--cond=True requires labels specified in dataset.json")
-        desc += "-cond"
-    else:
-        args.training_set_kwargs.use_labels = False
-
-    if subset is not None:
-        assert isinstance(subset, int)
-        if not 1 <= subset <= args.training_set_kwargs.max_size:
-            raise UserError(f"--subset must be between 1 and {args.training_set_kwargs.max_size}")
-        desc += f"-subset{subset}"
-        if subset < args.training_set_kwargs.max_size:
-            args.training_set_kwargs.max_size = subset
-            args.training_set_kwargs.random_seed = args.random_seed
-
-    if mirror is None:
-        mirror = False
-    assert isinstance(mirror, bool)
-    if mirror:
-        desc += "-mirror"
-        args.training_set_kwargs.xflip = True
-
-    # Hyperparameter preset and its overrides (steps 9-12).
-    if cfg is None:
-        cfg = "auto"
-    assert isinstance(cfg, str)
-    desc += f"-{cfg}"
-
-    spec = dnnlib.EasyDict(CFG_SPECS[cfg])
-    if cfg == "auto":
-        desc += f"{gpus:d}"
-        spec.ref_gpus = gpus
-        res = args.training_set_kwargs.resolution
-        spec.mb = max(min(gpus * min(4096 // res, 32), 64), gpus)
-        spec.mbstd = min(spec.mb // gpus, 4)
-        spec.fmaps = 1 if res >= 512 else 0.5
-        spec.lrate = 0.002 if res >= 1024 else 0.0025
-        spec.gamma = 0.0002 * (res**2) / spec.mb
-        spec.ema = spec.mb * 10 / 32
-
-    args.G_kwargs = dnnlib.EasyDict(
-        class_name="training.networks.Generator",
-        z_dim=512,
-        w_dim=512,
-        mapping_kwargs=dnnlib.EasyDict(),
-        synthesis_kwargs=dnnlib.EasyDict(),
-    )
-    args.D_kwargs = dnnlib.EasyDict(
-        class_name="training.networks.Discriminator",
-        block_kwargs=dnnlib.EasyDict(),
-        mapping_kwargs=dnnlib.EasyDict(),
-        epilogue_kwargs=dnnlib.EasyDict(),
-    )
-    args.G_kwargs.synthesis_kwargs.channel_base = args.D_kwargs.channel_base = int(spec.fmaps * 32768)
-    args.G_kwargs.synthesis_kwargs.channel_max = args.D_kwargs.channel_max = 512
-    args.G_kwargs.mapping_kwargs.num_layers = spec.map
-    args.G_kwargs.synthesis_kwargs.num_fp16_res = args.D_kwargs.num_fp16_res = 4
-    args.G_kwargs.synthesis_kwargs.conv_clamp = args.D_kwargs.conv_clamp = 256
-    args.D_kwargs.epilogue_kwargs.mbstd_group_size = spec.mbstd
-
-    args.G_opt_kwargs = dnnlib.EasyDict(class_name="torch.optim.Adam", lr=spec.lrate, betas=[0, 0.99], eps=1e-8)
-    args.D_opt_kwargs = dnnlib.EasyDict(class_name="torch.optim.Adam", lr=spec.lrate, betas=[0, 0.99], eps=1e-8)
-    args.loss_kwargs = dnnlib.EasyDict(class_name="training.loss.StyleGAN2Loss", r1_gamma=spec.gamma)
-
-    args.total_kimg = spec.kimg
-    args.batch_size = spec.mb
-    args.batch_gpu = spec.mb // spec.ref_gpus
-    args.ema_kimg = spec.ema
-    args.ema_rampup = spec.ramp
-
-    if cfg == "cifar":
-        args.loss_kwargs.pl_weight = 0
-        args.loss_kwargs.style_mixing_prob = 0
-        args.D_kwargs.architecture = "orig"
-
-    if gamma is not None:
-        assert isinstance(gamma, float)
-        if not gamma >= 0:
-            raise UserError("--gamma must be non-negative")
-        desc += f"-gamma{gamma:g}"
-        args.loss_kwargs.r1_gamma = gamma
-
-    if kimg is not None:
-        if not kimg > 0:
-            raise UserError("--kimg must be positive")
-        desc += f"-kimg{_number(kimg)}"
-        args.total_kimg = _number(kimg)
-
-    if batch is not None:
-        assert isinstance(batch, int)
-        if not (batch >= 1 and batch % gpus == 0):
-            raise UserError("--batch must be at least 1 and divisible by --gpus")
-        desc += f"-batch{batch}"
-        args.batch_size = batch
-        args.batch_gpu = batch // gpus
-
-    # ADA / fixed-probability augmentation (steps 13-16).
-    if aug is None:
-        aug = "ada"
-    else:
-        assert isinstance(aug, str)
-        desc += f"-{aug}"
-
-    if aug == "ada":
-        args.ada_target = 0.6
-    elif aug == "noaug":
-        pass
-    elif aug == "fixed":
-        if p is None:
-            raise UserError(f"--aug={aug} requires specifying --p")
-    else:
-        raise UserError(f"--aug={aug} not supported")
-
-    if p is not None:
-        assert isinstance(p, float)
-        if aug != "fixed":
-            raise UserError("--p can only be specified with --aug=fixed")
-        if not 0 <= p <= 1:
-            raise UserError("--p must be between 0 and 1")
-        desc += f"-p{p:g}"
-        args.augment_p = p
-
-    if target is not None:
-        assert isinstance(target, float)
-        if aug != "ada":
-            raise UserError("--target can only be specified with --aug=ada")
-        if not 0 <= target <= 1:
-            raise UserError("--target must be between 0 and 1")
-        desc += f"-target{target:g}"
-        args.ada_target = target
-
-    assert augpipe is None or isinstance(augpipe, str)
-    if augpipe is None:
-        augpipe = "bgc"
-    else:
-        if aug == "noaug":
-            raise UserError("--augpipe cannot be specified with --aug=noaug")
-        desc += f"-{augpipe}"
-
-    if aug != "noaug":
-        from training.augment import AUGPIPE_SPECS
-
-        args.augment_kwargs = dnnlib.EasyDict(class_name="training.augment.AugmentPipe", **AUGPIPE_SPECS[augpipe])
-
-    # Starting weights and frozen D layers (steps 17-18).
-    assert resume is None or isinstance(resume, str)
-    if resume is None:
-        resume = "noresume"
-    elif resume == "noresume":
-        desc += "-noresume"
-    elif resume in RESUME_SPECS:
-        desc += f"-resume{resume}"
-        args.resume_pkl = RESUME_SPECS[resume]
-    else:
-        desc += "-resumecustom"
-        args.resume_pkl = resume
-
-    if resume != "noresume":
-        args.ada_kimg = 100
-        args.ema_rampup = None
-
-    if freezed is not None:
-        assert isinstance(freezed, int)
-        if not freezed >= 0:
-            raise UserError("--freezed must be non-negative")
-        desc += f"-freezed{freezed:d}"
-        args.D_kwargs.block_kwargs.freeze_layers = freezed
-
-    # Precision, memory layout and loader settings (steps 19-23).
-    if fp32 is None:
-        fp32 = False
-    assert isinstance(fp32, bool)
-    if fp32:
-        args.G_kwargs.synthesis_kwargs.num_fp16_res = args.D_kwargs.num_fp16_res = 0
-        args.G_kwargs.synthesis_kwargs.conv_clamp = args.D_kwargs.conv_clamp = None
-
-    if nhwc is None:
-        nhwc = False
-    assert isinstance(nhwc, bool)
-    if nhwc:
-        args.G_kwargs.synthesis_kwargs.fp16_channels_last = args.D_kwargs.block_kwargs.fp16_channels_last = True
-
-    if nobench is None:
-        nobench = False
-    assert isinstance(nobench, bool)
-    if nobench:
-        args.cudnn_benchmark = False
-
-    if allow_tf32 is None:
-        allow_tf32 = False
-    assert isinstance(allow_tf32, bool)
-    if allow_tf32:
-        args.allow_tf32 = True
-
-    if workers is not None:
-        assert isinstance(workers, int)
-        if not workers >= 1:
-            raise UserError("--workers must be at least 1")
-        args.data_loader_kwargs.num_workers = workers
-
-    # Options beyond the reference.
-    if cbase is not None:
-        if not cbase >= 1:
-            raise UserError("--cbase must be at least 1")
-        args.G_kwargs.synthesis_kwargs.channel_base = args.D_kwargs.channel_base = cbase
-    if cmax is not None:
-        if not cmax >= 1:
-            raise UserError("--cmax must be at least 1")
-        args.G_kwargs.synthesis_kwargs.channel_max = args.D_kwargs.channel_max = cmax
-    if map is not None:
-        if not map >= 1:
-            raise UserError("--map must be at least 1")
-        args.G_kwargs.mapping_kwargs.num_layers = map
-    if tick is not None:
-        if not tick > 0:
-            raise UserError("--tick must be positive")
-        args.kimg_per_tick = _number(tick)
-    if batch_gpu is not None:
-        if not (batch_gpu >= 1 and args.batch_size % (batch_gpu * gpus) == 0):
-            raise UserError(f"--batch-gpu must be at least 1 and divide --batch/--gpus ({args.batch_size // gpus})")
-        args.batch_gpu = batch_gpu
-    if args.batch_size % (args.batch_gpu * gpus) != 0 or args.batch_gpu < 1:
-        raise UserError(
-            f"the batch of {args.batch_size} cannot be split into {gpus} processes x rounds of {args.batch_gpu}; "
-            "use --batch-gpu"
-        )
-
-    return desc, args
+    builder = _OptionsBuilder()
+    builder.run_settings(o.gpus, o.snap, o.metrics, o.seed)
+    resolution = builder.dataset(o.data, o.cond, o.subset, o.mirror)
+    builder.preset(o.cfg, o.gpus, resolution)
+    builder.overrides(o.gamma, o.kimg, o.batch, o.gpus)
+    builder.augmentation(o.aug, o.p, o.target, o.augpipe)
+    builder.starting_point(o.resume, o.freezed)
+    builder.performance(o.fp32, o.nhwc, o.nobench, o.allow_tf32, o.workers)
+    builder.extensions(o.cbase, o.cmax, o.map, o.tick, o.batch_gpu, o.gpus)
+    return builder.desc, builder.args
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -394,10 +470,10 @@ def _device_for(local_rank: int) -> torch.device:
 
 
 def _init_process(rank: int, args: dnnlib.EasyDict, device: torch.device) -> None:
-    """Per-process setup shared by the spawn and torchrun launchers: logging, statistics, plugin verbosity."""
+    """Per-process setup shared by the spawn and torchrun launchers: logging, statistics, plugin verbosity.
+
+    Both launchers have already made `device` the current CUDA device (before NCCL starts)."""
     dnnlib.util.Logger(file_name=os.path.join(args.run_dir, "log.txt"), file_mode="a", should_flush=True)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     sync_device = device if args.num_gpus > 1 else None
     training_stats.init_multiprocessing(rank=rank, sync_device=sync_device)
     if rank != 0:
@@ -405,26 +481,11 @@ def _init_process(rank: int, args: dnnlib.EasyDict, device: torch.device) -> Non
 
 
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
-    """Entry point of one spawned training process (file-based rendezvous, as the reference)."""
+    """One training process of a local run (rank of args.num_gpus)."""
     device = _device_for(rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # Before NCCL starts, so that its communicator binds to this GPU.
-    if args.num_gpus > 1:
-        init_file = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
-        if os.name == "nt":
-            init_method = "file:///" + init_file.replace("\\", "/")
-        else:
-            init_method = f"file://{init_file}"
-        backend = "nccl" if device.type == "cuda" and os.name != "nt" else "gloo"
-        torch.distributed.init_process_group(
-            backend=backend, init_method=init_method, rank=rank, world_size=args.num_gpus
-        )
-    _init_process(rank, args, device)
-    try:
+    with spawned_process_group(rank, args.num_gpus, temp_dir, device):
+        _init_process(rank, args, device)
         training_loop.training_loop(rank=rank, device=device, **args)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def _print_options(args: dnnlib.EasyDict) -> None:
@@ -443,15 +504,23 @@ def _print_options(args: dnnlib.EasyDict) -> None:
     print()
 
 
+_LEADING_DIGITS = re.compile(r"\d+")
+
+
+def _taken_run_ids(outdir: str) -> list[int]:
+    """The leading numbers of outdir's subdirectory names; files, and names not starting with a digit, are ignored."""
+    if not os.path.isdir(outdir):
+        return []
+    with os.scandir(outdir) as entries:
+        numbered = [_LEADING_DIGITS.match(entry.name) for entry in entries if entry.is_dir()]
+    return [int(match.group()) for match in numbered if match is not None]
+
+
 def _next_run_dir(outdir: str, desc: str) -> str:
-    prev_run_dirs = []
-    if os.path.isdir(outdir):
-        prev_run_dirs = [x for x in os.listdir(outdir) if os.path.isdir(os.path.join(outdir, x))]
-    prev_run_ids = [re.match(r"^\d+", x) for x in prev_run_dirs]
-    prev_run_ids = [int(x.group()) for x in prev_run_ids if x is not None]
-    cur_run_id = max(prev_run_ids, default=-1) + 1
-    run_dir = os.path.join(outdir, f"{cur_run_id:05d}-{desc}")
-    assert not os.path.exists(run_dir)
+    """`outdir/<id>-<desc>` with an id one past every taken one, zero-padded to 5 digits (spec training.md §5.6)."""
+    run_id = max(_taken_run_ids(outdir), default=-1) + 1
+    run_dir = os.path.join(outdir, f"{run_id:05d}-{desc}")
+    assert not os.path.exists(run_dir), f"{run_dir} already exists"
     return run_dir
 
 
@@ -517,12 +586,7 @@ def launch_local(args: dnnlib.EasyDict, dry_run: bool) -> None:
     _write_options(args)
 
     print("Launching processes...")
-    torch.multiprocessing.set_start_method("spawn", force=True)
-    with tempfile.TemporaryDirectory() as temp_dir:
-        if args.num_gpus == 1:
-            subprocess_fn(rank=0, args=args, temp_dir=temp_dir)
-        else:
-            torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
+    run_processes(subprocess_fn, args, args.num_gpus)
 
 
 def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: bool, env: dict) -> None:
@@ -574,7 +638,7 @@ def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: 
 @click.option("--subset", help="Train with only N images [default: all]", type=int, metavar="INT")
 @click.option("--mirror", help="Enable dataset x-flips [default: false]", type=bool, metavar="BOOL")
 # Hyperparameter preset and overrides.
-@click.option("--cfg", help="Base config [default: auto]", type=click.Choice(list(CFG_SPECS)))
+@click.option("--cfg", help="Base config [default: auto]", type=click.Choice(CFG_CHOICES))
 @click.option("--gamma", help="Override R1 gamma", type=float)
 @click.option("--kimg", help="Override training duration (fractions allowed, e.g. 0.5)", type=float, metavar="KIMG")
 @click.option("--batch", help="Override batch size", type=int, metavar="INT")

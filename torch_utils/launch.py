@@ -1,0 +1,46 @@
+"""Starting the processes of a multi-process job on one machine and joining them into a torch.distributed group.
+
+Used by train.py and calc_metrics.py: one process per GPU (NCCL), or per CPU worker (gloo), with a file-based
+rendezvous in a temporary directory, as the reference does. torchrun jobs (env:// rendezvous) are set up by train.py.
+"""
+
+import contextlib
+import os
+import tempfile
+
+import torch
+
+
+def _file_rendezvous_url(temp_dir: str) -> str:
+    """init_method of a rendezvous through a file in temp_dir; Windows file URLs take three slashes."""
+    path = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
+    return "file:///" + path.replace("\\", "/") if os.name == "nt" else "file://" + path
+
+
+@contextlib.contextmanager
+def spawned_process_group(rank: int, world_size: int, temp_dir: str, device: torch.device):
+    """Join the processes started by `run_processes` for the duration of the block (no group for a single one).
+
+    NCCL connects CUDA devices; gloo serves the CPU and Windows, which has no NCCL.
+    """
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # Before NCCL starts, so that its communicator binds to this GPU.
+    if world_size > 1:
+        backend = "nccl" if device.type == "cuda" and os.name != "nt" else "gloo"
+        url = _file_rendezvous_url(temp_dir)
+        torch.distributed.init_process_group(backend=backend, init_method=url, rank=rank, world_size=world_size)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run_processes(worker, args, num_processes: int) -> None:
+    """Call worker(rank, args, temp_dir) for every rank: in this process when there is one, else in spawned ones."""
+    torch.multiprocessing.set_start_method("spawn", force=True)
+    with tempfile.TemporaryDirectory() as temp_dir:
+        if num_processes == 1:
+            worker(0, args, temp_dir)
+        else:
+            torch.multiprocessing.spawn(fn=worker, args=(args, temp_dir), nprocs=num_processes)
