@@ -10,6 +10,7 @@ import torch
 
 import dnnlib
 import legacy
+from torch_utils.launch import default_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -39,11 +40,6 @@ def parse_num_range(text: str) -> list[int]:
     if match:
         return list(range(int(match.group(1)), int(match.group(2)) + 1))
     return [int(piece) for piece in text.split(",")]
-
-
-def default_device() -> torch.device:
-    """The reference always uses CUDA; without it we run on the CPU instead of failing."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def load_generator(network_pkl: str, device: torch.device) -> torch.nn.Module:

@@ -17,7 +17,7 @@ import dnnlib
 from dnnlib import cli
 from metrics import metric_main
 from torch_utils import custom_ops, training_stats
-from torch_utils.launch import run_processes, spawned_process_group
+from torch_utils.launch import default_device, run_processes, spawned_process_group
 from training import training_loop
 from training.augment import AUGPIPE_SPECS
 
@@ -465,10 +465,6 @@ def _torchrun_env() -> dict | None:
     return None
 
 
-def _device_for(local_rank: int) -> torch.device:
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _init_process(rank: int, args: dnnlib.EasyDict, device: torch.device) -> None:
     """Per-process setup shared by the spawn and torchrun launchers: logging, statistics, plugin verbosity.
 
@@ -482,7 +478,7 @@ def _init_process(rank: int, args: dnnlib.EasyDict, device: torch.device) -> Non
 
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     """One training process of a local run (rank of args.num_gpus)."""
-    device = _device_for(rank)
+    device = default_device(rank)
     with spawned_process_group(rank, args.num_gpus, temp_dir, device):
         _init_process(rank, args, device)
         training_loop.training_loop(rank=rank, device=device, **args)
@@ -591,7 +587,7 @@ def launch_local(args: dnnlib.EasyDict, dry_run: bool) -> None:
 
 def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: bool, env: dict) -> None:
     """Join a torchrun job (one process per GPU, any number of nodes); rank 0 names the run directory."""
-    device = _device_for(env["local_rank"])
+    device = default_device(env["local_rank"])
     if device.type == "cuda":
         torch.cuda.set_device(device)  # Before NCCL starts, so that its communicator binds to this GPU.
     backend = "nccl" if device.type == "cuda" else "gloo"

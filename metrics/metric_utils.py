@@ -17,6 +17,7 @@ import torch
 import tqdm
 
 import dnnlib
+from torch_utils.launch import default_device
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Options.
@@ -48,13 +49,6 @@ class MetricOptions:
         self.device = device if device is not None else default_device(rank)
         self.progress = progress.sub() if progress is not None and rank == 0 else ProgressMonitor()
         self.cache = cache
-
-
-def default_device(rank=0):
-    """The reference always uses `cuda:<rank>`; without CUDA we fall back to the CPU instead of failing."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", rank)
-    return torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

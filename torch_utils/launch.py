@@ -11,6 +11,11 @@ import tempfile
 import torch
 
 
+def default_device(rank: int = 0) -> torch.device:
+    """The device of process `rank`: `cuda:<rank>` when CUDA is available (as the reference assumes), else the CPU."""
+    return torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _file_rendezvous_url(temp_dir: str) -> str:
     """init_method of a rendezvous through a file in temp_dir; Windows file URLs take three slashes."""
     path = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))

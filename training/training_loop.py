@@ -22,6 +22,7 @@ import torch
 import dnnlib
 import legacy
 from torch_utils import misc, training_stats
+from torch_utils.launch import default_device
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 from training.atomic import atomic_pickle
 from training.image_grid import save_image_grid, select_grid_items
@@ -747,7 +748,7 @@ def make_options(**kwargs) -> dnnlib.EasyDict:
     options = dnnlib.EasyDict(copy.deepcopy({k: v for k, v in DEFAULTS.items() if k not in kwargs}))
     options.update(kwargs)
     if options.device is None:
-        options.device = torch.device("cuda", options.rank) if torch.cuda.is_available() else torch.device("cpu")
+        options.device = default_device(options.rank)
     options.device = torch.device(options.device)
     return options
 
