@@ -9,14 +9,13 @@ TORCH_EXTENSIONS_DIR, and four processes building the same plugin at once.
 
 import os
 import random
-import subprocess
-import sys
 import textwrap
 import zlib
 
 import pytest
 import torch
 from conftest import REPO_ROOT, assert_close, json_value, load_vectors
+from plugin_helpers import check_single_build, lines_starting_with, run_python_processes
 
 from torch_utils.ops import bias_act, upfirdn2d
 
@@ -356,32 +355,8 @@ _BUILD_SCRIPT = textwrap.dedent(
 
 def _run_build_processes(extensions_dir, count):
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(extensions_dir))
-    script = _BUILD_SCRIPT.format(repo=REPO_ROOT)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for _ in range(count)
-    ]
-    outputs = [proc.communicate(timeout=BUILD_TIMEOUT_S)[0] for proc in procs]
-    for proc, out in zip(procs, outputs):
-        assert proc.returncode == 0, f"build process failed:\n{out}"
-    return [next(line for line in out.splitlines() if line.startswith("LOADED")) for out in outputs]
-
-
-def _check_single_build(extensions_dir, module_name):
-    """Exactly one cached source directory, one shared library and one compile per object file."""
-    root = extensions_dir / module_name
-    entries = sorted(p.name for p in root.iterdir())
-    assert not [e for e in entries if e.startswith("srctmp-")], f"leftover temporary directories: {entries}"
-    cached = [p for p in root.iterdir() if p.is_dir()]
-    assert len(cached) == 1, f"expected one cached build directory in {root}, found {entries}"
-    libraries = list(cached[0].glob("*.so")) + list(cached[0].glob("*.pyd"))
-    assert len(libraries) == 1, f"expected one built library in {cached[0]}, found {libraries}"
-    ninja_log = cached[0] / ".ninja_log"
-    if ninja_log.exists():
-        targets = [line.split("\t")[3] for line in ninja_log.read_text().splitlines()[1:] if line.count("\t") >= 4]
-        assert len(targets) == len(set(targets)), f"some targets were built more than once: {targets}"
+    outputs = run_python_processes(_BUILD_SCRIPT.format(repo=REPO_ROOT), env, count, BUILD_TIMEOUT_S)
+    return [lines_starting_with(out, "LOADED")[0] for out in outputs]
 
 
 @pytest.mark.slow
@@ -389,7 +364,7 @@ def test_build_from_scratch(tmp_path):
     (line,) = _run_build_processes(tmp_path, 1)
     assert str(tmp_path) in line
     for module_name in ["upfirdn2d_plugin", "bias_act_plugin"]:
-        _check_single_build(tmp_path, module_name)
+        check_single_build(tmp_path, module_name)
 
 
 @pytest.mark.slow
@@ -397,4 +372,4 @@ def test_concurrent_processes_build_once(tmp_path):
     lines = _run_build_processes(tmp_path, 4)
     assert len(set(lines)) == 1, f"the processes loaded different libraries: {lines}"
     for module_name in ["upfirdn2d_plugin", "bias_act_plugin"]:
-        _check_single_build(tmp_path, module_name)
+        check_single_build(tmp_path, module_name)

@@ -27,6 +27,10 @@ verbosity = "brief"
 
 _VERBOSITY_LEVELS = ("none", "brief", "full")
 
+# nvcc flags of the upfirdn2d and bias_act plugins. The second lets nvcc accept a host compiler newer than the
+# ones it was released with, which is common on current distributions and otherwise fails every build.
+OPS_CUDA_CFLAGS = ["--use_fast_math", "--allow-unsupported-compiler"]
+
 # Loaded extension modules, keyed by module name.
 _cached_plugins = dict()
 

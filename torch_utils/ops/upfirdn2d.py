@@ -43,7 +43,7 @@ def _init():
             headers=_PLUGIN_HEADERS,
             source_dir=_PLUGIN_SOURCE_DIR,
             self_check=_self_check,
-            extra_cuda_cflags=["--use_fast_math"],
+            extra_cuda_cflags=custom_ops.OPS_CUDA_CFLAGS,
         )
     return _plugin is not None
 
