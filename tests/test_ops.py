@@ -354,6 +354,25 @@ def test_plugin_that_fails_its_self_check_is_not_used(tmp_path, monkeypatch):
     assert "max |y - ref| = 3" in str(caught[0].message)
 
 
+class _PluginReached(Exception):
+    pass
+
+
+class _RaisingBiasActPlugin:
+    def bias_act(self, *args):
+        raise _PluginReached
+
+
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_bias_act_self_check_runs_under_no_grad(grad_mode):
+    """The first CUDA call may come from generate.py's no_grad: the check's reference half must still differentiate
+    and hand over to the plugin, instead of failing and dropping a good plugin."""
+    with grad_mode():
+        with pytest.raises(_PluginReached):
+            bias_act._self_check(_RaisingBiasActPlugin(), device="cpu")
+    assert bias_act._plugin is None, "the self-check must restore the module's plugin"
+
+
 @cuda_only
 def test_cuda_tensors_use_plugin_or_fall_back_once(fresh_op_module):
     """On a CUDA device: the native plugin when it builds, else the reference path after exactly one warning."""

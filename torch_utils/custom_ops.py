@@ -201,7 +201,7 @@ def load_optional_plugin(op_name, module_name, sources, headers, source_dir, sel
     missing = [name for name in list(sources) + list(headers) if not os.path.isfile(os.path.join(source_dir, name))]
     if missing:
         details = f"native sources not found in {source_dir}: {', '.join(missing)}"
-        warnings.warn(f"{fallback} Details: {details}", stacklevel=3)
+        warnings.warn(f"{fallback} Details:\n\n{details}", stacklevel=3)
         return None
     try:
         plugin = get_plugin(

@@ -11,8 +11,9 @@ import torch
 from torch_utils import misc, persistence
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
-# Low-pass FIR filter used for every up/down-sampling step (made 2-D by `setup_filter`).
-DEFAULT_RESAMPLE_FILTER = (1, 3, 3, 1)
+# Low-pass FIR filter used for every up/down-sampling step (made 2-D by `setup_filter`). A list, as in the
+# reference, because the blocks record it in their init_kwargs; never modified.
+DEFAULT_RESAMPLE_FILTER = [1, 3, 3, 1]
 # Gain applied to both branches of a residual block so that their sum keeps unit variance.
 RESIDUAL_GAIN = np.sqrt(0.5)
 ARCHITECTURES = ("orig", "skip", "resnet")

@@ -85,33 +85,36 @@ def _init():
     return _plugin is not None
 
 
-def _self_check(plugin):
+def _self_check(plugin, device="cuda"):
     """Compare the freshly built plugin with the reference path on a small input (values and first derivatives).
 
-    Uses a private generator so that the global RNG streams of a training run are not touched.
+    Uses a private generator so that the global RNG streams of a training run are not touched, and turns autograd
+    on for itself: the first CUDA call, which triggers this check, may come from inside `torch.no_grad()` (e.g.
+    generate.py) or `torch.inference_mode()`.
     """
     global _plugin
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.randn([2, 8, 5, 5], generator=gen) * 3).cuda()
-    b = torch.randn([8], generator=gen).cuda()
-    dy = torch.randn([2, 8, 5, 5], generator=gen).cuda()
     previous, _plugin = _plugin, plugin
     try:
-        for act in activation_funcs:
-            for clamp in [None, 2.5]:
-                results = []
-                for use_plugin in [False, True]:
-                    xi = x.clone().requires_grad_(True)
-                    if use_plugin:
-                        y = _bias_act_cuda(dim=1, act=act, alpha=None, gain=None, clamp=clamp).apply(xi, b)
-                    else:
-                        y = _bias_act_ref(x=xi, b=b, dim=1, act=act, alpha=None, gain=None, clamp=clamp)
-                    (dx,) = torch.autograd.grad(y, xi, dy)
-                    results.append((y.detach(), dx))
-                for name, ref, out in zip(["y", "dx"], results[0], results[1], strict=True):
-                    worst = float((out - ref).abs().max())
-                    if worst > 1e-4 * max(1.0, float(ref.abs().max())):
-                        return f"act={act} clamp={clamp}: max |{name} - ref| = {worst:g}"
+        with torch.inference_mode(False), torch.enable_grad():
+            gen = torch.Generator().manual_seed(0)
+            x = (torch.randn([2, 8, 5, 5], generator=gen) * 3).to(device)
+            b = torch.randn([8], generator=gen).to(device)
+            dy = torch.randn([2, 8, 5, 5], generator=gen).to(device)
+            for act in activation_funcs:
+                for clamp in [None, 2.5]:
+                    results = []
+                    for use_plugin in [False, True]:
+                        xi = x.clone().requires_grad_(True)
+                        if use_plugin:
+                            y = _bias_act_cuda(dim=1, act=act, alpha=None, gain=None, clamp=clamp).apply(xi, b)
+                        else:
+                            y = _bias_act_ref(x=xi, b=b, dim=1, act=act, alpha=None, gain=None, clamp=clamp)
+                        (dx,) = torch.autograd.grad(y, xi, dy)
+                        results.append((y.detach(), dx))
+                    for name, ref, out in zip(["y", "dx"], results[0], results[1], strict=True):
+                        worst = float((out - ref).abs().max())
+                        if worst > 1e-4 * max(1.0, float(ref.abs().max())):
+                            return f"act={act} clamp={clamp}: max |{name} - ref| = {worst:g}"
     finally:
         _plugin = previous
     return None
