@@ -396,6 +396,7 @@ class StagedDestination:
         self.dest = os.path.normpath(dest)  # a trailing separator must not make the folder its own parent
         self.is_zip = dest.endswith(".zip")
         self.temp = None
+        self.staged_inside = False
         self.archive = None
         if os.path.isdir(dest):
             if self.is_zip:
@@ -406,6 +407,8 @@ class StagedDestination:
             error(f"--dest {dest} exists and is not a directory")
 
     def __enter__(self):
+        if self.is_zip and os.path.islink(self.dest):
+            self.dest = os.path.realpath(self.dest)  # write through the link, do not replace it with a file
         parent = os.path.dirname(self.dest)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -415,6 +418,11 @@ class StagedDestination:
             os.close(fd)
             os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's private 0600 is not meant for the result
             self.archive = zipfile.ZipFile(self.temp, mode="w", compression=zipfile.ZIP_STORED)
+        elif os.path.isdir(self.dest):
+            # An existing (empty) folder is kept, with its owner and permissions, and may be '.', a link or a
+            # mount point: stage inside it and move the entries up at the end.
+            self.temp = tempfile.mkdtemp(dir=self.dest, prefix=".dataset_tool.", suffix=".tmp")
+            self.staged_inside = True
         else:
             self.temp = tempfile.mkdtemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
             os.chmod(self.temp, 0o777 & ~_umask())
@@ -438,9 +446,13 @@ class StagedDestination:
             else:
                 shutil.rmtree(self.temp, ignore_errors=True)
             return False
-        if not self.is_zip and os.path.isdir(self.dest):
-            os.rmdir(self.dest)  # checked empty on open; a directory cannot be renamed over otherwise
-        os.replace(self.temp, self.dest)
+        if self.staged_inside:
+            # dataset.json last, so that a folder holding it holds every image.
+            for name in sorted(os.listdir(self.temp), key=lambda name: name == "dataset.json"):
+                os.replace(os.path.join(self.temp, name), os.path.join(self.dest, name))
+            os.rmdir(self.temp)
+        else:
+            os.replace(self.temp, self.dest)
         return False
 
 

@@ -413,6 +413,40 @@ def test_missing_and_unknown_sources(tmp_path):
     assert_no_leftovers(tmp_path, {"data.tar"})
 
 
+def test_existing_empty_dest_folder_is_filled_in_place(tmp_path, monkeypatch):
+    """'.', a link to an empty folder, or a folder with its own permissions (e.g. a mount point): written into,
+    not replaced."""
+    rng = np.random.default_rng(8)
+    save_image(tmp_path / "src" / "a.png", random_image(rng, 4, 4))
+    expected = ["00000/img00000000.png", "dataset.json"]
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert run_tool("--source", tmp_path / "src", "--dest", ".").exit_code == 0
+    assert sorted(read_output(tmp_path / "here")) == expected
+    assert_no_leftovers(tmp_path / "here", {"00000", "dataset.json"})
+    monkeypatch.chdir(tmp_path)
+
+    (tmp_path / "target").mkdir()
+    os.chmod(tmp_path / "target", 0o750)
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    assert run_tool("--source", tmp_path / "src", "--dest", tmp_path / "link").exit_code == 0
+    assert os.path.islink(tmp_path / "link")
+    assert sorted(read_output(tmp_path / "target")) == expected
+    assert os.stat(tmp_path / "target").st_mode & 0o777 == 0o750
+
+
+def test_linked_zip_dest_is_written_through(tmp_path):
+    rng = np.random.default_rng(9)
+    save_image(tmp_path / "src" / "a.png", random_image(rng, 4, 4))
+    (tmp_path / "store").mkdir()
+    os.symlink(tmp_path / "store" / "real.zip", tmp_path / "link.zip")
+    assert run_tool("--source", tmp_path / "src", "--dest", tmp_path / "link.zip").exit_code == 0
+    assert os.path.islink(tmp_path / "link.zip")
+    assert sorted(read_output(tmp_path / "store" / "real.zip")) == ["00000/img00000000.png", "dataset.json"]
+    assert_no_leftovers(tmp_path / "store", {"real.zip"})
+
+
 def test_nonempty_dest_folder(tmp_path):
     save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
     (tmp_path / "dest").mkdir()
