@@ -122,9 +122,9 @@ def generate_style_mix(
         raise click.UsageError(f"style_mixing.py supports unconditional networks only; this one has c_dim={G.c_dim}")
     if G.img_channels not in PNG_MODES:
         raise click.UsageError(f"Cannot save images with {G.img_channels} channels; expected 1 or 3")
-    if not row_seeds or not col_seeds:
-        raise click.UsageError("--rows and --cols must each name at least one seed")
-    bad_styles = [idx for idx in col_styles if idx >= G.num_ws]
+    if not row_seeds and not col_seeds:
+        raise click.UsageError("--rows and --cols name no seed at all")
+    bad_styles = [idx for idx in col_styles if not -G.num_ws <= idx < G.num_ws]
     if bad_styles:
         raise click.UsageError(f"--styles index {bad_styles[0]} is out of range: the network has {G.num_ws} W layers")
 

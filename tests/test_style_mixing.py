@@ -104,10 +104,28 @@ def test_default_styles_and_noise_none(tmp_path, uncond_pkl):
     assert sorted(os.listdir(tmp_path)) == ["5-5.png", "5-6.png", "6-6.png", "grid.png"]
 
 
+def test_empty_rows_give_one_row_grid(tmp_path, uncond_pkl):
+    """An empty --rows range (as in the reference) leaves the column seeds' own images and a header-only grid."""
+    pkl, G = uncond_pkl
+    result = run_cli("--network", pkl, "--rows", "5-3", "--cols", "6,7", "--styles", "-1", "--outdir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path)) == ["6-6.png", "7-7.png", "grid.png"]
+    res = G.img_resolution
+    assert PIL.Image.open(tmp_path / "grid.png").size == (3 * res, res)
+
+
 def test_errors(tmp_path, uncond_pkl):
     pkl, G = uncond_pkl
     result = run_cli("--network", pkl, "--rows", "1", "--cols", "2", "--styles", f"0,{G.num_ws}", "--outdir", tmp_path)
     assert result.exit_code == 2 and f"--styles index {G.num_ws} is out of range" in result.stderr
+
+    result = run_cli(
+        "--network", pkl, "--rows", "1", "--cols", "2", "--styles", f"-{G.num_ws + 1}", "--outdir", tmp_path
+    )
+    assert result.exit_code == 2 and f"--styles index -{G.num_ws + 1} is out of range" in result.stderr
+
+    result = run_cli("--network", pkl, "--rows", "5-3", "--cols", "7-6", "--outdir", tmp_path)
+    assert result.exit_code == 2 and "--rows and --cols name no seed at all" in result.stderr
 
     result = run_cli("--network", pkl, "--rows", "1-3,5", "--cols", "2", "--outdir", tmp_path, catch=True)
     assert result.exit_code == 2
