@@ -8,6 +8,7 @@ import copy
 import hashlib
 import os
 import pickle
+import sys
 import time
 import uuid
 import warnings
@@ -292,7 +293,14 @@ class ProgressMonitor:
         if self._bar is None:
             if cur_items >= self.num_items:
                 return  # Nothing left to show.
-            self._bar = tqdm.tqdm(total=self.num_items, desc=self.tag, unit="img", leave=False, mininterval=1.0)
+            # The live bar goes to the terminal itself, never into a log file (dnnlib.util.Logger captures
+            # sys.stderr), and only when there is a terminal; the lines printed below are what gets logged.
+            console = sys.__stderr__
+            if console is None or not console.isatty():
+                return
+            self._bar = tqdm.tqdm(
+                total=self.num_items, desc=self.tag, unit="img", leave=False, mininterval=1.0, file=console
+            )
         self._bar.update(cur_items - self._bar.n)
         if cur_items >= self.num_items:
             self._bar.close()

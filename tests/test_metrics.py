@@ -1,7 +1,9 @@
 """Metric arithmetic against the reference vectors (tests/data/metrics.npz) plus sanity and bookkeeping checks."""
 
+import io
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -258,6 +260,28 @@ def test_progress_monitor_line_and_callback(capsys):
     assert len(lines) == 1
     assert lines[0].startswith("dataset features    items 10      time 0s           ms/item ")
     assert reported == [(0, 1000), (500.0, 1000), (1000.0, 1000)]
+
+
+class _FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bar_stays_out_of_the_log(tmp_path, monkeypatch, terminal):
+    """The live bar is drawn on a terminal only, never into a Logger's file; the log gets the plain lines."""
+    console = _FakeTerminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "__stderr__", console)
+    log_path = tmp_path / "log.txt"
+    with dnnlib.util.Logger(file_name=str(log_path), file_mode="w", should_flush=True):
+        monitor = metric_utils.ProgressMonitor(tag="generator features", num_items=3000, verbose=True)
+        for cur in range(500, 3001, 500):
+            monitor.update(cur)
+    log = log_path.read_text()
+    assert "\r" not in log and "img/s" not in log and "it/s" not in log
+    lines = [line for line in log.splitlines() if line.startswith("generator features")]
+    assert [line.split()[3] for line in lines] == ["1000", "2000", "3000"]
+    assert ("generator features" in console.getvalue()) is terminal
 
 
 def test_metric_options_copies_dataset_kwargs():
