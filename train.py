@@ -380,6 +380,11 @@ class _OptionsBuilder:
                 f"--batch-gpu must be at least 1 and divide --batch/--gpus ({batch_size // gpus})",
             )
             self.args.batch_gpu = batch_gpu
+        elif batch_size % gpus == 0 and 1 <= batch_size // gpus < self.args.batch_gpu:
+            # A config's batch_gpu assumes its reference GPU count; on more GPUs each one gets fewer images per
+            # iteration, all in one round. (The reference keeps the larger value, and then no round is the one
+            # it synchronises gradients on: sync = (r == batch // (batch_gpu * gpus) - 1) = (r == -1).)
+            self.args.batch_gpu = batch_size // gpus
         rounds_of = self.args.batch_gpu
         _require(
             rounds_of >= 1 and batch_size % (rounds_of * gpus) == 0,
@@ -465,11 +470,13 @@ def _torchrun_env() -> dict | None:
     return None
 
 
-def _init_process(rank: int, args: dnnlib.EasyDict, device: torch.device) -> None:
-    """Per-process setup shared by the spawn and torchrun launchers: logging, statistics, plugin verbosity.
-
-    Both launchers have already made `device` the current CUDA device (before NCCL starts)."""
+def _start_log(args: dnnlib.EasyDict) -> None:
     dnnlib.util.Logger(file_name=os.path.join(args.run_dir, "log.txt"), file_mode="a", should_flush=True)
+
+
+def _init_process(rank: int, args: dnnlib.EasyDict, device: torch.device) -> None:
+    """Per-process setup shared by the spawn and torchrun launchers, after logging has started: statistics and
+    plugin verbosity. Both launchers have already made `device` the current CUDA device (before NCCL starts)."""
     sync_device = device if args.num_gpus > 1 else None
     training_stats.init_multiprocessing(rank=rank, sync_device=sync_device)
     if rank != 0:
@@ -479,6 +486,7 @@ def _init_process(rank: int, args: dnnlib.EasyDict, device: torch.device) -> Non
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     """One training process of a local run (rank of args.num_gpus)."""
     device = default_device(rank)
+    _start_log(args)  # Before the process group, so that what its start prints reaches log.txt.
     with spawned_process_group(rank, args.num_gpus, temp_dir, device):
         _init_process(rank, args, device)
         training_loop.training_loop(rank=rank, device=device, **args)
@@ -607,6 +615,7 @@ def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: 
             _write_options(args)
         torch.distributed.barrier()
         os.makedirs(args.run_dir, exist_ok=True)  # Nodes without a shared file system get their own log.txt.
+        _start_log(args)  # Only now: the run directory is agreed on through the process group.
         _init_process(env["rank"], args, device)
         training_loop.training_loop(rank=env["rank"], device=device, **args)
     finally:

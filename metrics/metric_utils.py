@@ -128,8 +128,10 @@ def get_feature_detector(url, device=_CPU, num_gpus=1, rank=0, verbose=False):
         if not is_leader and num_gpus > 1:
             torch.distributed.barrier()  # The leader downloads first, the others then hit the disk cache.
         with _open_detector(url, verbose=(verbose and is_leader)) as f, warnings.catch_warnings():
-            # The published detectors are TorchScript archives; newer PyTorch flags that format as deprecated.
+            # The published detectors are TorchScript archives; newer PyTorch flags that format as deprecated
+            # (DeprecationWarning, and FutureWarning from 2.14 on), with nothing a user could do about it.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit", category=FutureWarning)
             _feature_detector_cache[key] = torch.jit.load(f).eval().to(device)
         if is_leader and num_gpus > 1:
             torch.distributed.barrier()  # Release the waiting processes.

@@ -366,8 +366,11 @@ def test_detector_found_in_default_folder_without_download(tmp_path, monkeypatch
     os.makedirs(tmp_path / "detectors")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript is the published format.
+        warnings.filterwarnings("ignore", category=FutureWarning)  # (PyTorch 2.14 and later)
         torch.jit.script(torch.nn.Identity()).save(str(tmp_path / "detectors" / "tiny-detector.pt"))
-    detector = metric_utils.get_feature_detector(url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Loading the published format warns the user of nothing.
+        detector = metric_utils.get_feature_detector(url)
     assert metric_utils.get_feature_detector(url) is detector  # Loaded once per (url, device).
     assert not detector.training
 

@@ -121,6 +121,14 @@ def test_cifar_fixed_and_performance_options(tmp_path):
     assert args.cudnn_benchmark is False and args.allow_tf32 is True and args.augment_p == 0.25
 
 
+@pytest.mark.parametrize("cfg, gpus, batch_gpu", [("cifar", 2, 32), ("cifar", 4, 16), ("paper256", 16, 4)])
+def test_config_batch_gpu_shrinks_on_more_gpus(tmp_path, cfg, gpus, batch_gpu):
+    """A config's batch_gpu (for its reference GPU count) becomes batch/gpus on more GPUs: one round per GPU."""
+    data = write_image_folder(tmp_path / "c", count=2, resolution=32)
+    _desc, args = train.setup_training_loop_kwargs(data=data, cfg=cfg, gpus=gpus, metrics=[])
+    assert (args.batch_size, args.batch_gpu) == (64, batch_gpu)
+
+
 @pytest.mark.parametrize(
     "res, gpus, mb, gamma, ema, batch_gpu",
     [(32, 1, 32, 0.0064, 10.0, 32), (256, 1, 16, 0.8192, 5.0, 16), (256, 8, 64, 0.2048, 20.0, 8),

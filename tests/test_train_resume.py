@@ -153,3 +153,32 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
         options = json.load(f)
     assert (options["ada_kimg"], options["ema_rampup"]) == (100, None)
     assert load_snapshot(os.path.join(transfer, SNAPSHOT))["resume_state"]["cur_nimg"] == 4
+
+
+def test_changed_structure_falls_back_and_fixed_p_is_kept(tmp_path, data16):
+    # Any positive --kimg trains at least one iteration (0.0001 kimg rounds to 0 images).
+    first = run_to_end(tmp_path / "a", data16, "--kimg=0.0001")
+    snapshot_path = os.path.join(first, SNAPSHOT)
+    snapshot = load_snapshot(snapshot_path)
+    assert snapshot["resume_state"]["cur_nimg"] == 4
+
+    # Frozen D layers change D's parameters, which its optimiser state no longer fits: weights only, from kimg 0.
+    result = subprocess.run(
+        train_command(tmp_path / "b", data16, f"--resume={snapshot_path}", "--freezed=1", "--kimg=0.004"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # (train.py's Logger sends stderr to stdout and log.txt.)
+    assert "cannot continue the earlier run exactly (these options differ from the snapshot's run: D_kwargs)" in (
+        result.stdout
+    )
+    assert "Continuing the earlier run" not in result.stdout
+
+    # An exact continuation under a fixed augmentation strength uses the --p given, not the snapshot's ADA p.
+    assert float(snapshot["augment_pipe"].p) != 0.25
+    fixed = run_to_end(tmp_path / "c", data16, f"--resume={snapshot_path}", "--aug=fixed", "--p=0.25", "--kimg=0.008")
+    with open(os.path.join(fixed, "log.txt")) as f:
+        assert "Continuing the earlier run at kimg 0.004, tick 1." in f.read()
+    assert float(load_snapshot(os.path.join(fixed, SNAPSHOT))["augment_pipe"].p) == 0.25

@@ -55,7 +55,8 @@ class StyleGAN2Loss(Loss):
         self.pl_batch_shrink = pl_batch_shrink
         self.pl_decay = pl_decay
         self.pl_weight = pl_weight
-        # Plain state (not a buffer): never saved in snapshots and restarted at 0 on every run, resume included.
+        # Plain state, not a buffer, so not part of the networks: it starts at 0, and only an exact continuation
+        # (training_loop's resume_state) brings back its earlier value.
         self.pl_mean = torch.zeros([], device=device)
 
     def run_G(self, z, c, sync):

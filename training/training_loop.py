@@ -31,8 +31,23 @@ RESUME_STATE_VERSION = 1
 ADA_STAT = "Loss/signs/real"
 # Replacement values for non-finite gradients before the optimiser step (the reference's choice).
 GRAD_NAN, GRAD_POSINF, GRAD_NEGINF = 0.0, 1e5, -1e5
-# Options that must match for an exact continuation from a snapshot's resume_state.
-EXACT_RESUME_KEYS = ("training_set_kwargs", "batch_size", "batch_gpu", "num_gpus", "random_seed")
+# Options that must match for an exact continuation from a snapshot's resume_state: the data order, the network
+# and optimiser structure (the optimiser states only fit the same parameters, --freezed included, and would bring
+# back their learning rates and betas). Snapshots of older versions recorded only the first five; the others are
+# compared when present.
+EXACT_RESUME_KEYS = (
+    "training_set_kwargs",
+    "batch_size",
+    "batch_gpu",
+    "num_gpus",
+    "random_seed",
+    "G_kwargs",
+    "D_kwargs",
+    "G_opt_kwargs",
+    "D_opt_kwargs",
+    "G_reg_interval",
+    "D_reg_interval",
+)
 # Schedules that train.py resets for transfer learning whenever --resume is given (ema_rampup=None, ada_kimg=100);
 # an exact continuation takes them from the snapshot's run instead.
 CONTINUED_SCHEDULE_KEYS = ("ema_rampup", "ada_kimg")
@@ -95,6 +110,11 @@ def _gather(obj, num_gpus: int) -> list:
     gathered = [None] * num_gpus
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
+
+
+def _recorded_options(options: dict) -> dict:
+    """The EXACT_RESUME_KEYS options as plain JSON values (no EasyDict, lists for tuples), as a snapshot keeps them."""
+    return json.loads(json.dumps({key: options[key] for key in EXACT_RESUME_KEYS}))
 
 
 def _to_cpu(obj):
@@ -231,7 +251,9 @@ class TrainingRun:
         # Rank 0 fetches first, so that a URL is downloaded once and the other ranks read the cached copy.
         if self.num_gpus > 1 and not self.is_main:
             torch.distributed.barrier()
-        with dnnlib.util.open_url(self.o.resume_pkl) as f:
+        # Loaded before the networks are built (its resume_state decides the set-up), so keep the draws that
+        # converting a TF-era pickle makes from shifting the networks' initialisation.
+        with dnnlib.util.open_url(self.o.resume_pkl) as f, torch.random.fork_rng(devices=[]):
             data = legacy.load_network_pkl(f)
         if self.num_gpus > 1 and self.is_main:
             torch.distributed.barrier()
@@ -250,8 +272,8 @@ class TrainingRun:
             reason = f"its resume_state has version {state.get('version')}, this code writes {RESUME_STATE_VERSION}"
         else:
             saved = state["training_options"]
-            current = {key: self.o[key] for key in EXACT_RESUME_KEYS}
-            differing = [key for key in EXACT_RESUME_KEYS if saved.get(key) != current[key]]
+            current = _recorded_options(self.o)
+            differing = [key for key in EXACT_RESUME_KEYS if key in saved and saved[key] != current[key]]
             if not differing:
                 return True
             reason = "these options differ from the snapshot's run: " + ", ".join(differing)
@@ -330,8 +352,10 @@ class TrainingRun:
             return
         pipe = dnnlib.util.construct_class_by_name(**o.augment_kwargs).train().requires_grad_(False).to(self.device)
         pipe.p.copy_(torch.as_tensor(o.augment_p))
-        if self.resume_state is not None and self.resume_data.get("augment_pipe") is not None:
-            pipe.p.copy_(self.resume_data["augment_pipe"].p)
+        # ADA continues from the strength it had reached; a fixed strength (--aug=fixed --p) is what was asked.
+        if o.ada_target is not None and self.resume_state is not None:
+            if self.resume_data.get("augment_pipe") is not None:
+                pipe.p.copy_(self.resume_data["augment_pipe"].p)
         self.augment_pipe = pipe
         if o.ada_target is not None:
             self.ada_stats = training_stats.Collector(regex=ADA_STAT)
@@ -573,7 +597,7 @@ class TrainingRun:
             ada_pending=pending,
             rng=_gather(_rng_state(self.device), self.num_gpus),
             # Plain JSON values (no EasyDict), so that any code base can unpickle the snapshot.
-            training_options=json.loads(json.dumps({key: self.o[key] for key in EXACT_RESUME_KEYS})),
+            training_options=_recorded_options(self.o),
             schedule={key: self.o[key] for key in CONTINUED_SCHEDULE_KEYS},
         )
 
@@ -670,9 +694,10 @@ class TrainingRun:
 
     def run(self):
         o = self.o
-        # Image counts are whole numbers; rounding keeps fractional kimg exact (0.007 * 1000 is 7.000000000000001).
-        total_nimg = round(o.total_kimg * 1000)
-        tick_nimg = round(o.kimg_per_tick * 1000)
+        # Image counts are whole numbers; rounding keeps fractional kimg exact (0.007 * 1000 is 7.000000000000001),
+        # and any positive length means at least one image.
+        total_nimg = max(round(o.total_kimg * 1000), 1)
+        tick_nimg = max(round(o.kimg_per_tick * 1000), 1)
         if self.cur_nimg >= total_nimg:
             self.log(f"The snapshot is already at kimg {self.cur_nimg / 1e3:g}, the run length is {o.total_kimg:g}.")
         else:
