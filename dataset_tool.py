@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import numpy as np
@@ -46,13 +47,14 @@ MNIST_SIZE = 28
 MNIST_PAD = 2  # 28x28 digits are zero-padded to a power-of-two 32x32
 
 ON_UNREADABLE_CHOICES = ["stop", "skip"]
+PALETTE_MODES = ("P", "PA")
 
 
 class DatasetToolError(Exception):
     """A user-facing failure; the CLI prints it as `Error: <message>` and exits with status 1."""
 
 
-def error(msg: str):
+def error(msg: str) -> NoReturn:
     raise DatasetToolError(msg)
 
 
@@ -66,7 +68,8 @@ class UnreadableImageError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sources. Each opener returns (count, items) where `items` yields (uint8 image array, label or None) lazily.
+# Sources. Each opener returns (count, items, has_labels): `items` yields (uint8 image array, label or None, source
+# name for messages) lazily; `has_labels` says whether the source provides labels at all.
 
 
 def _has_image_ext(name: str) -> bool:
@@ -77,8 +80,14 @@ def _has_image_ext(name: str) -> bool:
 
 
 def _decode_with_pil(data_or_path) -> np.ndarray:
-    """Decode without any mode conversion: L -> [H, W], RGB -> [H, W, 3], RGBA -> [H, W, 4], P -> [H, W] indices."""
+    """Decode: L -> [H, W], RGB -> [H, W, 3], RGBA -> [H, W, 4] as stored; palette (P, PA) -> RGB [H, W, 3].
+
+    Palette images are expanded to their colours (transparency dropped) because their raw index values are not
+    pixel intensities; every other mode is kept as stored.
+    """
     with PIL.Image.open(data_or_path) as img:
+        if img.mode in PALETTE_MODES:
+            return np.array(img.convert("RGB"))
         return np.array(img)
 
 
@@ -104,13 +113,13 @@ def _limited(count: int, decode_items: Iterator, on_unreadable: str) -> Iterator
     """
     for idx, item in enumerate(decode_items):
         try:
-            image, label = item()
+            image, label, name = item()
         except UnreadableImageError as exc:
             if on_unreadable == "stop":
                 error(f"Cannot read source image {exc.where}: {exc.cause}")
             tqdm.write(f"Warning: skipping unreadable source image {exc.where}: {exc.cause}", file=sys.stderr)
             continue
-        yield image, label
+        yield image, label, name
         if idx >= count - 1:
             break
 
@@ -134,12 +143,12 @@ def open_image_folder(source_dir: str, *, max_images: int | None, on_unreadable:
             except Exception as exc:
                 raise UnreadableImageError(str(path), exc) from exc
             rel = os.path.relpath(path, source_dir).replace("\\", "/")
-            return image, None if labels is None else labels.get(rel)
+            return image, None if labels is None else labels.get(rel), rel
 
         return item
 
     count = _count(len(paths), max_images)
-    return count, _limited(count, map(make_item, paths), on_unreadable)
+    return count, _limited(count, map(make_item, paths), on_unreadable), labels is not None
 
 
 def open_image_zip(source: str, *, max_images: int | None, on_unreadable: str):
@@ -158,7 +167,7 @@ def open_image_zip(source: str, *, max_images: int | None, on_unreadable: str):
                 image = _decode_with_pil(io.BytesIO(archive.read(name)))
             except Exception as exc:
                 raise UnreadableImageError(f"{source}/{name}", exc) from exc
-            return image, None if labels is None else labels.get(name)
+            return image, None if labels is None else labels.get(name), name
 
         return item
 
@@ -167,7 +176,7 @@ def open_image_zip(source: str, *, max_images: int | None, on_unreadable: str):
             yield from _limited(count, map(make_item, members), on_unreadable)
 
     count = _count(len(members), max_images)
-    return count, items()
+    return count, items(), labels is not None
 
 
 def _import_lmdb():
@@ -215,10 +224,11 @@ def open_lmdb(source_dir: str, *, max_images: int | None, on_unreadable: str):
 
     def make_item(key: bytes, value: bytes):
         def item():
+            where = f"{source_dir} (key {key.decode(errors='replace')})"
             try:
-                return _decode_lsun_value(value, cv2), None
+                return _decode_lsun_value(value, cv2), None, where
             except Exception as exc:
-                raise UnreadableImageError(f"{source_dir} (key {key.decode(errors='replace')})", exc) from exc
+                raise UnreadableImageError(where, exc) from exc
 
         return item
 
@@ -227,12 +237,12 @@ def open_lmdb(source_dir: str, *, max_images: int | None, on_unreadable: str):
             pairs = (make_item(bytes(k), bytes(v)) for k, v in txn.cursor())
             yield from _limited(count, pairs, on_unreadable)
 
-    return count, items()
+    return count, items(), False
 
 
-def _labelled_arrays(images: np.ndarray, labels: np.ndarray, count: int) -> Iterator:
+def _labelled_arrays(source: str, images: np.ndarray, labels: np.ndarray, count: int) -> Iterator:
     for idx in range(len(images)):
-        yield images[idx], int(labels[idx])
+        yield images[idx], int(labels[idx]), f"{source} (image {idx})"
         if idx >= count - 1:
             break
 
@@ -268,7 +278,7 @@ def open_cifar10(tarball: str, *, max_images: int | None, on_unreadable: str):
     labels = np.concatenate(labels)
     _check_class_dataset(tarball, images, labels, CIFAR10_NUM_IMAGES, (32, 32, 3), CIFAR10_NUM_CLASSES)
     count = _count(len(images), max_images)
-    return count, _labelled_arrays(images, labels, count)
+    return count, _labelled_arrays(tarball, images, labels, count), True
 
 
 def _read_gz(path: str, header_bytes: int) -> np.ndarray:
@@ -294,11 +304,11 @@ def open_mnist(images_gz: str, *, max_images: int | None, on_unreadable: str):
     size = MNIST_SIZE + 2 * MNIST_PAD
     _check_class_dataset(images_gz, images, labels, MNIST_NUM_IMAGES, (size, size), MNIST_NUM_CLASSES)
     count = _count(len(images), max_images)
-    return count, _labelled_arrays(images, labels, count)
+    return count, _labelled_arrays(images_gz, images, labels, count), True
 
 
 def open_dataset(source: str, *, max_images: int | None = None, on_unreadable: str | None = None):
-    """Detect the source type and open it; returns (count, iterator of (image array, label or None)).
+    """Detect the source type and open it; returns (count, items, has_labels) as described for the openers.
 
     `on_unreadable` is 'stop' or 'skip'; None picks the reference behaviour (skip for LSUN, stop otherwise).
     """
@@ -374,6 +384,9 @@ def make_transform(transform: str | None, width: int | None, height: int | None,
     if transform == "center-crop-wide":
         if width is None or height is None:
             error("must specify --width and --height when using " + transform + " transform")
+        if height > width:
+            # The letter-box canvas is --width square, so taller content can never fit: fail before any work.
+            error(f"--height must not exceed --width when using {transform} transform (got {width}x{height})")
         return functools.partial(_center_crop_wide, width=width, height=height, resample=resample)
     raise ValueError(f"unknown transform {transform!r}")
 
@@ -390,9 +403,14 @@ def _umask() -> int:
 
 
 class StagedDestination:
-    """Context manager writing a folder or a stored (uncompressed) zip; `save(name, data)` adds one file."""
+    """Context manager writing a folder or a stored (uncompressed) zip; `save(name, data)` adds one file.
+
+    Any OS error while writing (unwritable or missing place, a file where a folder is needed, a full disk) becomes
+    `Error: cannot write --dest <dest>: <reason>`, and whatever was staged is removed.
+    """
 
     def __init__(self, dest: str):
+        self.dest_arg = dest  # as given, for messages
         self.dest = os.path.normpath(dest)  # a trailing separator must not make the folder its own parent
         self.is_zip = dest.endswith(".zip")
         self.temp = None
@@ -401,17 +419,39 @@ class StagedDestination:
         if os.path.isdir(dest):
             if self.is_zip:
                 error(f"--dest {dest} is an existing directory, not a zip file")
-            if os.listdir(dest):
+            try:
+                entries = os.listdir(dest)
+            except OSError as exc:
+                self._fail(exc, f"listing {dest}")
+            if entries:
                 error("--dest folder must be empty")
         elif os.path.exists(dest) and not self.is_zip:
             error(f"--dest {dest} exists and is not a directory")
+
+    def _fail(self, exc: OSError, doing: str) -> NoReturn:
+        # The OS error's own text would name the internal temporary file; say what was being done instead.
+        error(f"cannot write --dest {self.dest_arg}: {exc.strerror or exc} ({doing})")
 
     def __enter__(self):
         if self.is_zip and os.path.islink(self.dest):
             self.dest = os.path.realpath(self.dest)  # write through the link, do not replace it with a file
         parent = os.path.dirname(self.dest)
         if parent:
-            os.makedirs(parent, exist_ok=True)
+            if os.path.exists(parent) and not os.path.isdir(parent):
+                error(f"cannot write --dest {self.dest_arg}: {parent} is not a directory")
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                self._fail(exc, f"creating folder {exc.filename or parent}")
+        staging_dir = self.dest if os.path.isdir(self.dest) and not self.is_zip else parent or "."
+        try:
+            self._start_staging(parent)
+        except OSError as exc:
+            self._discard()
+            self._fail(exc, f"creating a temporary {'file' if self.is_zip else 'folder'} in {staging_dir}")
+        return self
+
+    def _start_staging(self, parent: str):
         prefix = "." + os.path.basename(self.dest) + "."
         if self.is_zip:
             fd, self.temp = tempfile.mkstemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
@@ -426,26 +466,40 @@ class StagedDestination:
         else:
             self.temp = tempfile.mkdtemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
             os.chmod(self.temp, 0o777 & ~_umask())
-        return self
 
     def save(self, name: str, data: bytes):
-        if self.archive is not None:
-            self.archive.writestr(name, data)
-            return
-        path = os.path.join(self.temp, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
+        try:
+            if self.archive is not None:
+                self.archive.writestr(name, data)
+                return
+            path = os.path.join(self.temp, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            self._fail(exc, f"writing {name}")
 
-    def __exit__(self, exc_type, exc, tb):
+    def _discard(self):
+        if self.archive is not None:
+            try:
+                self.archive.close()
+            except OSError:
+                pass  # the partial archive is removed anyway
+            self.archive = None
+        if self.temp is None:
+            return
+        if self.is_zip:
+            try:
+                os.remove(self.temp)
+            except OSError:
+                pass
+        else:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+    def _finish(self):
         if self.archive is not None:
             self.archive.close()
-        if exc_type is not None:
-            if self.is_zip:
-                os.remove(self.temp)
-            else:
-                shutil.rmtree(self.temp, ignore_errors=True)
-            return False
+            self.archive = None
         if self.staged_inside:
             # dataset.json last, so that a folder holding it holds every image.
             for name in sorted(os.listdir(self.temp), key=lambda name: name == "dataset.json"):
@@ -453,6 +507,16 @@ class StagedDestination:
             os.rmdir(self.temp)
         else:
             os.replace(self.temp, self.dest)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._discard()
+            return False
+        try:
+            self._finish()
+        except OSError as err:
+            self._discard()
+            self._fail(err, "finishing the output")
         return False
 
 
@@ -499,12 +563,15 @@ def convert_dataset(
     on_unreadable: str | None = None,
 ):
     """Convert `source` into `dest`; raises DatasetToolError on bad input (nothing is left at `dest` then)."""
-    count, items = open_dataset(source, max_images=max_images, on_unreadable=on_unreadable)
+    count, items, has_labels = open_dataset(source, max_images=max_images, on_unreadable=on_unreadable)
     with StagedDestination(dest) as out:
         transform_fn = make_transform(transform, width, height, resize_filter)
         dataset_attrs = None
         labels = []
-        for idx, (img, label) in enumerate(tqdm(items, total=count)):
+        unlabelled = 0  # written images without a label, and the source name of the first
+        first_unlabelled = None
+        num_dropped = 0
+        for idx, (img, label, source_name) in enumerate(tqdm(items, total=count)):
             name = archive_name(idx)
             if img.dtype != np.uint8:
                 error(f"Image {name}: expected 8 bits per channel, found {img.dtype}")
@@ -513,6 +580,7 @@ def convert_dataset(
             except ValueError as exc:
                 error(f"Image {name}: {exc}")
             if img is None:
+                num_dropped += 1
                 continue  # dropped by the transform; its index stays unused
             attrs = _image_attrs(img)
             if dataset_attrs is None:
@@ -527,8 +595,35 @@ def convert_dataset(
                 )
             out.save(name, encode_png(img))
             labels.append([name, label] if label is not None else None)
+            if label is None:
+                unlabelled += 1
+                first_unlabelled = first_unlabelled or source_name
+        if has_labels and unlabelled:
+            # The spec's result (labels become null) stands; the warning says why a labelled source lost them.
+            print(
+                f"Warning: {unlabelled} of {len(labels)} images have no label in {LABELS_FILE} "
+                f"(first: {first_unlabelled}); writing the dataset without labels",
+                file=sys.stderr,
+            )
+        if not labels:
+            source_is_empty = count == 0 and max_images != 0  # --max-images 0 still reads one image
+            _warn_nothing_written(dest, source_is_empty, num_dropped, transform)
         metadata = {"labels": labels if all(entry is not None for entry in labels) else None}
         out.save(LABELS_FILE, json.dumps(metadata).encode("utf-8"))
+
+
+def _warn_nothing_written(dest: str, source_is_empty: bool, num_dropped: int, transform: str | None):
+    """The empty dataset is still written (as the reference does), but a silent success would hide the mistake."""
+    if source_is_empty:
+        why = ": the source holds no image files"
+    elif num_dropped:
+        why = (
+            f": {num_dropped} images were skipped by --transform={transform} "
+            "(narrower than --width, or too short for --height once scaled to --width)"
+        )
+    else:
+        why = ""
+    print(f"Warning: no images were written to {dest}{why}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -609,8 +704,8 @@ def main(
     grayscale; use --transform, --width and --height to get there. --transform=center-crop crops the largest
     centered square and resizes it to --width x --height; --transform=center-crop-wide crops a band of the
     output aspect ratio, resizes it to --width x --height and letter-boxes it into a black --width x --width
-    square (images narrower than --width, or too short, are skipped). Without --transform, images are only
-    resized to --width/--height when these are given.
+    square (--height must not exceed --width; images narrower than --width, or too short, are skipped).
+    Without --transform, images are only resized to --width/--height when these are given.
 
     \b
     Example, LSUN cars as 512x384 content letter-boxed into 512x512:

@@ -1,5 +1,6 @@
 """Tests for training/dataset.py: folder and ZIP sources, index mapping, labels, pickling and bad input."""
 
+import io
 import json
 import os
 import pickle
@@ -26,8 +27,6 @@ def make_pixels(seed, size=8, channels=3):
 
 def encode(pixels, fmt="PNG"):
     """Encode pixels with Pillow; returns the file bytes."""
-    import io
-
     buf = io.BytesIO()
     PIL.Image.fromarray(pixels).save(buf, format=fmt)
     return buf.getvalue()
@@ -145,6 +144,65 @@ def test_png_decoders_agree(tmp_path, monkeypatch, use_pyspng):
     ds_gray = ImageFolderDataset(write_zip(tmp_path / "gray.zip", gray_files))
     assert ds_gray.image_shape == [1, 8, 8]
     np.testing.assert_array_equal(ds_gray[0][0], to_chw(gray_pixels["g.png"]))
+
+
+def palette_image(seed, size=8, colours=16):
+    """A Pillow 'P' image with `colours` random palette entries; its indices (< colours) are not its colours."""
+    rng = np.random.RandomState(seed)
+    image = PIL.Image.fromarray(rng.randint(0, colours, size=[size, size]).astype(np.uint8), mode="P")
+    image.putpalette(rng.randint(0, 256, size=colours * 3).astype(np.uint8).tolist())
+    return image
+
+
+def encode_image(image, fmt, **save_kwargs):
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("use_pyspng", [True, False])
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "PNG"])
+def test_palette_images_give_rgb_colours(tmp_path, monkeypatch, fmt, use_pyspng):
+    """Palette files decode to their RGB colours with either decoder (Pillow once gave the raw indices)."""
+    if not use_pyspng:
+        monkeypatch.setattr(dataset_module, "pyspng", None)
+    elif dataset_module.pyspng is None:
+        pytest.skip("pyspng not installed")
+    ext = "." + fmt.lower()
+    images = [palette_image(1), palette_image(2)]
+    # A transparent palette entry is dropped, as convert('RGB') and pyspng both do.
+    files = {"a" + ext: encode_image(images[0], fmt), "b" + ext: encode_image(images[1], fmt, transparency=3)}
+    ds = ImageFolderDataset(write_zip(tmp_path / "pal.zip", files))
+    assert ds.image_shape == [3, 8, 8]
+    for i, image in enumerate(images):
+        expected = np.array(image.convert("RGB"))
+        assert expected.max() > 15  # the colours, not the 16 palette indices
+        np.testing.assert_array_equal(ds[i][0], to_chw(expected))
+
+
+def test_palette_with_alpha_gives_rgb(tmp_path, monkeypatch):
+    """'PA' images (which Pillow cannot save to a file to test with) are converted like 'P' ones."""
+    image = palette_image(9).convert("PA")
+    expected = np.array(image.convert("RGB"))
+    monkeypatch.setattr(PIL.Image, "open", lambda _source: image)
+    ds = ImageFolderDataset(write_zip(tmp_path / "pa.zip", {"x.gif": b"decoded by the patched opener"}))
+    assert ds.image_shape == [3, 8, 8]
+    np.testing.assert_array_equal(ds[0][0], to_chw(expected))
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3), ("RGBA", 4)])
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "BMP"])
+def test_pillow_path_keeps_other_modes_as_stored(tmp_path, monkeypatch, mode, channels, fmt):
+    monkeypatch.setattr(dataset_module, "pyspng", None)
+    if fmt == "BMP" and mode == "RGBA":
+        pytest.skip("Pillow writes RGBA as an RGB BMP")
+    pixels = make_pixels(7, channels=channels)
+    data = encode(pixels, fmt)
+    ds = ImageFolderDataset(write_zip(tmp_path / "x.zip", {"x." + fmt.lower(): data}))
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        assert image.mode == mode
+        np.testing.assert_array_equal(ds[0][0], to_chw(np.array(image)))
+    np.testing.assert_array_equal(ds[0][0], to_chw(pixels))
 
 
 def test_name_and_resolution_argument(tmp_path):

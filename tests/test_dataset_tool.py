@@ -1,5 +1,6 @@
 """dataset_tool.py: every source type, both destination types, transforms, dataset.json and the error cases."""
 
+import errno
 import gzip
 import io
 import json
@@ -136,11 +137,98 @@ def test_folder_grayscale_to_folder_with_labels(tmp_path):
 def test_partial_labels_become_null(tmp_path):
     rng = np.random.default_rng(3)
     src = tmp_path / "src"
-    for i in range(2):
+    for i in range(3):
         save_image(src / f"{i}.png", random_image(rng, 4, 4))
-    (src / "dataset.json").write_text(json.dumps({"labels": [["0.png", 1]]}))
-    run_tool("--source", src, "--dest", tmp_path / "d.zip")
+    (src / "dataset.json").write_text(json.dumps({"labels": [["0.png", 1], ["2.png", 0]]}))
+    result = run_tool("--source", src, "--dest", tmp_path / "d.zip")
+    assert result.exit_code == 0, result.stdout
     assert json.loads(read_output(tmp_path / "d.zip")["dataset.json"]) == {"labels": None}
+    # Kept as specified, but not silently: the count and the first unlabelled source name are reported.
+    expected = "Warning: 1 of 3 images have no label in dataset.json (first: 1.png); writing the dataset without labels"
+    assert expected in result.stderr.splitlines()
+
+    # Names that match no image (here: wrong folder prefix) lose every label, also with a warning.
+    (src / "dataset.json").write_text(json.dumps({"labels": [[f"other/{i}.png", i] for i in range(3)]}))
+    result = run_tool("--source", src, "--dest", tmp_path / "e.zip")
+    assert json.loads(read_output(tmp_path / "e.zip")["dataset.json"]) == {"labels": None}
+    assert "Warning: 3 of 3 images have no label in dataset.json (first: 0.png)" in result.stderr
+
+
+@pytest.mark.parametrize("labels_file", [None, {"labels": None}, {"labels": [[f"{i}.png", i] for i in range(2)]}])
+def test_no_label_warning_without_labels_or_with_all_labels(tmp_path, labels_file):
+    rng = np.random.default_rng(15)
+    for i in range(2):
+        save_image(tmp_path / "src" / f"{i}.png", random_image(rng, 4, 4))
+    if labels_file is not None:
+        (tmp_path / "src" / "dataset.json").write_text(json.dumps(labels_file))
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "d.zip")
+    assert result.exit_code == 0 and "Warning" not in result.stderr
+
+
+def palette_image(seed: int, size: int = 8, colours: int = 16) -> PIL.Image.Image:
+    """A 'P' image with `colours` random palette entries: its indices (< colours) differ from its colours."""
+    rng = np.random.default_rng(seed)
+    image = PIL.Image.fromarray(rng.integers(0, colours, size=[size, size], dtype=np.uint8), mode="P")
+    image.putpalette(rng.integers(0, 256, size=colours * 3).tolist())
+    return image
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_palette_images_become_rgb(tmp_path, kind):
+    """GIF and palette PNG/BMP files give their RGB colours (transparency dropped), not their palette indices."""
+    images = {name: palette_image(seed) for seed, name in enumerate(["a.gif", "b.png", "c.bmp", "d.png"])}
+    encoded = {}
+    for name, image in images.items():
+        buf = io.BytesIO()
+        extra = {"transparency": 5} if name == "d.png" else {}
+        image.save(buf, format={"gif": "GIF", "png": "PNG", "bmp": "BMP"}[name[-3:]], **extra)
+        encoded[name] = buf.getvalue()
+    if kind == "folder":
+        source = tmp_path / "src"
+        source.mkdir()
+        for name, data in encoded.items():
+            (source / name).write_bytes(data)
+    else:
+        source = tmp_path / "src.zip"
+        with zipfile.ZipFile(source, "w") as z:
+            for name, data in encoded.items():
+                z.writestr(name, data)
+    result = run_tool("--source", source, "--dest", tmp_path / "out.zip")
+    assert result.exit_code == 0, result.stdout
+    files = read_output(tmp_path / "out.zip")
+    for idx, image in enumerate(images.values()):
+        pixels, mode = decode(files[dataset_tool.archive_name(idx)])
+        expected = np.array(image.convert("RGB"))
+        assert mode == "RGB" and expected.max() > 15  # colours, not the 16 indices
+        np.testing.assert_array_equal(pixels, expected)
+
+
+def test_palette_with_alpha_becomes_rgb(monkeypatch):
+    """'PA' images (which Pillow cannot save to a file to test with) are converted like 'P' ones."""
+    image = palette_image(9).convert("PA")
+    expected = np.array(image.convert("RGB"))
+    assert expected.max() > 15
+    monkeypatch.setattr(PIL.Image, "open", lambda _source: image)
+    np.testing.assert_array_equal(dataset_tool._decode_with_pil("unused.png"), expected)
+
+
+@pytest.mark.parametrize(
+    "mode, fmt", [("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("RGB", "TIFF"), ("L", "BMP")]
+)
+def test_other_modes_decode_as_stored(tmp_path, mode, fmt):
+    """Only palette modes are converted; every other image is the bit-identical array Pillow stores."""
+    rng = np.random.default_rng(17)
+    channels = len(mode)
+    pixels = random_image(rng, 8, 8, channels)
+    path = tmp_path / f"x.{fmt.lower()}"
+    PIL.Image.fromarray(pixels, mode=mode).save(path, format=fmt)
+    decoded = dataset_tool._decode_with_pil(path)
+    with PIL.Image.open(path) as image:
+        assert image.mode == mode
+        stored = np.array(image)
+    assert decoded.dtype == stored.dtype and decoded.shape == stored.shape
+    np.testing.assert_array_equal(decoded, stored)
+    np.testing.assert_array_equal(decoded, pixels)
 
 
 def test_zip_source_with_labels_and_max_images(tmp_path):
@@ -177,9 +265,22 @@ def test_max_images_zero_still_converts_one(tmp_path):
 
 def test_empty_folder_gives_empty_label_list(tmp_path):
     (tmp_path / "src").mkdir()
-    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "out.zip")
+    dest = tmp_path / "out.zip"
+    result = run_tool("--source", tmp_path / "src", "--dest", dest)
     assert result.exit_code == 0, result.stdout
-    assert read_output(tmp_path / "out.zip") == {"dataset.json": b'{"labels": []}'}
+    assert read_output(dest) == {"dataset.json": b'{"labels": []}'}
+    assert f"Warning: no images were written to {dest}: the source holds no image files" in result.stderr
+
+    (tmp_path / "src" / "notes.txt").write_text("not an image")  # non-image files are no images either
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "o2")
+    assert result.exit_code == 0 and read_output(tmp_path / "o2") == {"dataset.json": b'{"labels": []}'}
+    assert f"Warning: no images were written to {tmp_path / 'o2'}: the source holds no image files" in result.stderr
+
+
+def test_no_warning_when_images_are_written(tmp_path):
+    save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "o.zip", "--max-images", 0)
+    assert result.exit_code == 0 and "Warning" not in result.stderr
 
 
 def test_existing_zip_is_replaced(tmp_path):
@@ -392,6 +493,31 @@ def test_center_crop_wide_letterbox_and_drop(tmp_path):
         np.testing.assert_array_equal(decode(files[name])[0], expected)
 
 
+def test_center_crop_wide_dropping_every_image_warns(tmp_path):
+    rng = np.random.default_rng(16)
+    save_image(tmp_path / "src" / "a.png", random_image(rng, 20, 12))  # narrower than --width
+    save_image(tmp_path / "src" / "b.png", random_image(rng, 8, 32))  # too short once scaled
+    dest = tmp_path / "o.zip"
+    args = ["--source", tmp_path / "src", "--dest", dest, "--transform", "center-crop-wide"]
+    result = run_tool(*args, "--width", 16, "--height", 12)
+    assert result.exit_code == 0, result.stdout
+    assert read_output(dest) == {"dataset.json": b'{"labels": []}'}
+    assert f"Warning: no images were written to {dest}: 2 images were skipped by --transform=center-crop-wide" in (
+        result.stderr
+    )
+
+
+def test_center_crop_wide_height_above_width_is_an_error(tmp_path):
+    """The letter-box canvas is --width square, so --height > --width could never produce an image."""
+    save_image(tmp_path / "src" / "a.png", np.zeros([64, 16, 3], np.uint8))  # tall enough to pass the drop test
+    args = ["--source", tmp_path / "src", "--dest", tmp_path / "o.zip", "--transform", "center-crop-wide"]
+    result = run_tool(*args, "--width", 16, "--height", 32)
+    expected = "Error: --height must not exceed --width when using center-crop-wide transform (got 16x32)"
+    assert (result.exit_code, result.stdout.strip()) == (1, expected)
+    assert_no_leftovers(tmp_path, {"src"})
+    assert run_tool(*args, "--width", 16, "--height", 16).exit_code == 0  # equal is fine
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Errors
 
@@ -484,6 +610,50 @@ def test_first_image_checks(tmp_path, shape, message):
     save_image(tmp_path / "src" / "a.png", np.zeros(shape, np.uint8))
     result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "out")
     assert (result.exit_code, result.stdout.strip()) == (1, message)
+    assert_no_leftovers(tmp_path, {"src"})
+
+
+@pytest.mark.parametrize(
+    "dest, reason",
+    [
+        ("/proc/x.zip", "No such file or directory (creating a temporary file in /proc)"),
+        ("/proc/x", "No such file or directory (creating a temporary folder in /proc)"),
+        ("/proc/sub/x.zip", "No such file or directory (creating folder /proc/sub)"),
+        ("{tmp}/file/x.zip", "{tmp}/file is not a directory"),
+        ("{tmp}/file/x", "{tmp}/file is not a directory"),
+        ("{tmp}/file/deeper/x.zip", "Not a directory (creating folder {tmp}/file/deeper)"),
+    ],
+)
+def test_unwritable_dest_is_a_one_line_error(tmp_path, dest, reason):
+    if not os.path.isdir("/proc") and dest.startswith("/proc"):
+        pytest.skip("needs Linux /proc")
+    save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
+    (tmp_path / "file").write_text("a file where a folder is needed")
+    dest, reason = dest.format(tmp=tmp_path), reason.format(tmp=tmp_path)
+    result = run_tool("--source", tmp_path / "src", "--dest", dest)  # an OSError would escape catch_exceptions=False
+    assert (result.exit_code, result.stdout) == (1, f"Error: cannot write --dest {dest}: {reason}\n")
+    assert_no_leftovers(tmp_path, {"src", "file"})
+
+
+@pytest.mark.parametrize("dest_name", ["o.zip", "o"])
+def test_write_failure_midway_is_reported_and_cleaned_up(tmp_path, monkeypatch, dest_name):
+    save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
+    real_open = open
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if dest_name.endswith(".zip"):
+        monkeypatch.setattr(zipfile.ZipFile, "writestr", disk_full)
+    else:
+        monkeypatch.setattr(
+            "builtins.open",
+            lambda path, *a, **k: disk_full() if str(path).endswith("img00000000.png") else real_open(path, *a, **k),
+        )
+    dest = tmp_path / dest_name
+    result = run_tool("--source", tmp_path / "src", "--dest", dest)
+    expected = f"Error: cannot write --dest {dest}: {os.strerror(errno.ENOSPC)} (writing 00000/img00000000.png)"
+    assert (result.exit_code, result.stdout.strip()) == (1, expected)
     assert_no_leftovers(tmp_path, {"src"})
 
 

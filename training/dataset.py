@@ -42,6 +42,7 @@ _CLASS_LABEL_DTYPE = np.int64  # Raw labels that are class indices; items get th
 _VECTOR_LABEL_DTYPE = np.float32  # Raw labels that are vectors; items get them as they are.
 LABELS_FILE = "dataset.json"  # Only this exact root-level name holds labels.
 _MAX_SNIPPET = 60  # Characters of offending JSON quoted in error messages.
+_PALETTE_MODES = ("P", "PA")  # Pillow modes whose pixels are palette indices.
 
 
 class DatasetError(OSError, ValueError):
@@ -255,8 +256,8 @@ class ImageFolderDataset(Dataset):
     Images are the files with a Pillow-registered extension, in plain string order of their relative
     names. The raw shape comes from the first image; every image must be 8-bit, square with a power-of-two
     side and of the same shape as the first. PNGs are decoded with pyspng when it is installed, other files
-    with Pillow without mode conversion (so palette images give index arrays with Pillow but RGB with
-    pyspng). `dataset.json` holds `{"labels": [[relative_name, label], ...]}` (or `null`), where every label
+    with Pillow without mode conversion, except that palette images (P, PA) become RGB, as pyspng makes them.
+    `dataset.json` holds `{"labels": [[relative_name, label], ...]}` (or `null`), where every label
     is a non-negative integer class index, or every label is a list of numbers of one common length.
 
     Args:
@@ -371,6 +372,9 @@ class ImageFolderDataset(Dataset):
                 image = pyspng.load(data)
             else:
                 with PIL.Image.open(io.BytesIO(data)) as pil_image:
+                    if pil_image.mode in _PALETTE_MODES:
+                        # Palette indices are not intensities; expand to colours as pyspng does for PNGs.
+                        pil_image = pil_image.convert("RGB")
                     image = np.array(pil_image)
         except Exception as err:  # Decoders raise many types (RuntimeError, OSError, SyntaxError, ...).
             raise DatasetError(
