@@ -1,5 +1,6 @@
 """Generate images from a trained network pickle, one PNG per seed or per projected W."""
 
+import math
 import os
 import re
 
@@ -8,7 +9,6 @@ import numpy as np
 import PIL.Image
 import torch
 
-import dnnlib
 import legacy
 from torch_utils.launch import default_device
 
@@ -16,36 +16,83 @@ from torch_utils.launch import default_device
 
 NOISE_MODES = ["const", "random", "none"]
 PNG_MODES = {1: "L", 3: "RGB"}
+MAX_SEED = 2**32 - 1  # numpy's RandomState accepts seeds 0 .. 2**32 - 1
 
 
 class NumRange(click.ParamType):
     """`a-b` (inclusive range, empty when reversed) or a comma-separated list of integers.
 
-    Mixed forms such as `0-3,7` are rejected, as in the reference parser.
+    Mixed forms such as `0-3,7` are rejected, as in the reference parser. With `seed=True` every value (for a
+    range: both ends, checked before the list is built) must be a valid seed, 0 .. 2**32 - 1.
     """
 
     name = "num_range"
+
+    def __init__(self, seed: bool = False):
+        self.seed = seed
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
         try:
-            return parse_num_range(value)
+            return parse_num_range(value, seed=self.seed)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-def parse_num_range(text: str) -> list[int]:
+def _check_seeds(values: list[int]):
+    for value in values:
+        if not 0 <= value <= MAX_SEED:
+            raise ValueError(f"seed {value} is out of range 0..{MAX_SEED}")
+
+
+def parse_num_range(text: str, seed: bool = False) -> list[int]:
     match = re.fullmatch(r"(\d+)-(\d+)", text)
     if match:
-        return list(range(int(match.group(1)), int(match.group(2)) + 1))
-    return [int(piece) for piece in text.split(",")]
+        first, last = int(match.group(1)), int(match.group(2))
+        if seed:
+            _check_seeds([first, last])
+        return list(range(first, last + 1))
+    values = [int(piece) for piece in text.split(",")]
+    if seed:
+        _check_seeds(values)
+    return values
+
+
+class FiniteFloat(click.types.FloatParamType):
+    """A float option that rejects nan and +-inf (a non-finite truncation renders black images)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return number
 
 
 def load_generator(network_pkl: str, device: torch.device) -> torch.nn.Module:
-    """Load `G_ema` from a snapshot file name or URL."""
-    with dnnlib.util.open_url(network_pkl) as f:
-        return legacy.load_network_pkl(f)["G_ema"].to(device)
+    """Load `G_ema` from a snapshot file name or URL; unreadable or unsupported files are a one-line CLI error."""
+    return legacy.cli_load_network_pkl(network_pkl)["G_ema"].to(device)
+
+
+def check_outdir(outdir: str):
+    """Fail early when --outdir, or the nearest of its parents that exists, is something other than a folder."""
+    existing = os.path.abspath(outdir)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing):
+        return
+    if existing == os.path.abspath(outdir):
+        raise click.ClickException(f"--outdir {outdir} exists and is not a folder")
+    raise click.ClickException(f"--outdir {outdir} cannot be created: {existing} is not a folder")
+
+
+def make_outdir(outdir: str):
+    """Create --outdir (and its parents); failures are a one-line CLI error."""
+    check_outdir(outdir)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"Cannot create --outdir {outdir}: {exc}") from exc
 
 
 def to_uint8_images(img: torch.Tensor) -> np.ndarray:
@@ -67,12 +114,20 @@ def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
 
 
 def load_projected_w(path: str, G) -> torch.Tensor:
-    """Array `w` of a projector result: [K, num_ws, w_dim]."""
+    """W vectors [K, num_ws, w_dim]: array `w` of a projector result (.npz), or a .npy file holding that array."""
     try:
-        with np.load(path) as data:
-            ws = data["w"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise click.ClickException(f"Cannot read array 'w' from --projected-w file {path}: {exc}") from exc
+        loaded = np.load(path)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                ws = loaded["w"]
+        else:
+            ws = loaded
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise click.ClickException(
+            f"Cannot read --projected-w file {path} (a .npz with array 'w' or a .npy array): {exc}"
+        ) from exc
+    if not (np.issubdtype(ws.dtype, np.floating) or np.issubdtype(ws.dtype, np.integer)):
+        raise click.ClickException(f"--projected-w {path}: expected a float array, found dtype {ws.dtype}")
     if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
         raise click.ClickException(
             f"--projected-w {path}: expected w of shape [K, {G.num_ws}, {G.w_dim}] (num_ws, w_dim of the network), "
@@ -101,9 +156,9 @@ def make_label(G, class_idx: int | None, device: torch.device) -> torch.Tensor:
 
 @click.command()
 @click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
-@click.option("--seeds", type=NumRange(), help="Seeds to render, e.g. 0-7 or 3,14,15")
+@click.option("--seeds", type=NumRange(seed=True), help="Seeds to render, e.g. 0-7 or 3,14,15")
 @click.option(
-    "--trunc", "truncation_psi", type=float, help="Truncation strength (1 = none)", default=1, show_default=True
+    "--trunc", "truncation_psi", type=FiniteFloat(), help="Truncation strength (1 = none)", default=1, show_default=True
 )
 @click.option("--class", "class_idx", type=int, help="Class index for conditional networks")
 @click.option(
@@ -115,7 +170,7 @@ def make_label(G, class_idx: int | None, device: torch.device) -> torch.Tensor:
 )
 @click.option(
     "--projected-w",
-    help="projected_w.npz written by projector.py; render its W vectors instead of seeds",
+    help="projected_w.npz written by projector.py (or a .npy array); render its W vectors instead of seeds",
     type=str,
     metavar="FILE",
 )
@@ -144,10 +199,11 @@ def generate_images(
       python generate.py --network=cifar10.pkl --seeds=0-15 --class=4 --outdir=out
       python generate.py --network=snapshot.pkl --projected-w=out/projected_w.npz --outdir=out
     """
+    check_outdir(outdir)
     print(f'Loading networks from "{network_pkl}"...')
     device = default_device()
     G = load_generator(network_pkl, device)
-    os.makedirs(outdir, exist_ok=True)
+    make_outdir(outdir)
 
     if projected_w is not None:
         if seeds is not None:

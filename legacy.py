@@ -6,6 +6,7 @@ Run as a script (`python legacy.py --source=... --dest=...`) to write the conver
 """
 
 import copy
+import os
 import pickle
 import re
 
@@ -32,7 +33,7 @@ _TF_D_IGNORED_KWARGS = ("structure",)
 
 
 class UnsupportedPickleError(RuntimeError):
-    """The pickle is recognised but cannot be loaded by this version of the project."""
+    """The file is not a network pickle this project can load (empty, truncated, not a pickle, wrong contents)."""
 
 
 # ----------------------------------------------------------------------------
@@ -47,13 +48,20 @@ class _TFNetworkStub(dnnlib.EasyDict):
     """
 
 
+class _MissingGlobalError(ImportError):
+    """A class or function named by the pickle cannot be imported."""
+
+
 class _LegacyUnpickler(pickle.Unpickler):
     """Standard unpickler, except that TensorFlow network objects are rebuilt as `_TFNetworkStub`."""
 
     def find_class(self, module, name):
         if module == "dnnlib.tflib.network" and name == "Network":
             return _TFNetworkStub
-        return super().find_class(module, name)
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError) as exc:
+            raise _MissingGlobalError(f"it needs {module}.{name}, which cannot be imported: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------
@@ -338,6 +346,66 @@ def _force_fp16_network(key, net):
     return new
 
 
+def _tell(f):
+    """Current position of `f`, or None for streams that cannot tell."""
+    try:
+        return f.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _not_a_network_pickle(f, reason):
+    """The one-line error for `f` (named when the file object knows its name)."""
+    name = getattr(f, "name", None)
+    prefix = f"{name}: " if name is not None else ""
+    reason = " ".join(reason.split())  # some unpickler messages span lines
+    return UnsupportedPickleError(f"{prefix}not a network pickle ({reason})")
+
+
+def _unpickle(f):
+    """Unpickle `f` with the legacy unpickler; malformed or foreign data becomes `UnsupportedPickleError`."""
+    start = _tell(f)
+    try:
+        return _LegacyUnpickler(f).load()
+    except EOFError as exc:
+        end = _tell(f)
+        if start is None or end is None:
+            reason = "file is empty or truncated"
+        else:
+            reason = "file is empty" if end == start else "truncated"
+        raise _not_a_network_pickle(f, reason) from exc
+    except pickle.UnpicklingError as exc:
+        reason = "truncated" if "truncated" in str(exc) else f"not a pickle: {exc}"
+        raise _not_a_network_pickle(f, reason) from exc
+    except _MissingGlobalError as exc:
+        raise _not_a_network_pickle(f, str(exc)) from exc.__cause__
+    except (ValueError, TypeError, OverflowError, MemoryError, IndexError) as exc:
+        # Only errors raised by the unpickler itself (no deeper Python frame) mean malformed bytes; errors from
+        # code the pickle runs (embedded network source, tensor rebuilding) keep their own type and traceback.
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None:
+            raise
+        raise _not_a_network_pickle(f, f"corrupt pickle data: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_network_dict(f, data):
+    """Raise `UnsupportedPickleError` unless `data` has the keys and value types of a network pickle."""
+    if not isinstance(data, dict):
+        raise _not_a_network_pickle(
+            f, f"a {type(data).__name__}, not a dict with G, D, G_ema or a TensorFlow-era (G, D, Gs) tuple"
+        )
+    for key in _NETWORK_KEYS:
+        if key not in data:
+            raise _not_a_network_pickle(f, f"a dict without the key {key!r}")
+        if not isinstance(data[key], torch.nn.Module):
+            raise _not_a_network_pickle(f, f"{key} is a {type(data[key]).__name__}, not a torch.nn.Module")
+    if not isinstance(data["training_set_kwargs"], (dict, type(None))):
+        kind = type(data["training_set_kwargs"]).__name__
+        raise _not_a_network_pickle(f, f"training_set_kwargs is a {kind}, not a dict or None")
+    if not isinstance(data["augment_pipe"], (torch.nn.Module, type(None))):
+        kind = type(data["augment_pipe"]).__name__
+        raise _not_a_network_pickle(f, f"augment_pipe is a {kind}, not a torch.nn.Module or None")
+
+
 def load_network_pkl(f, force_fp16=False):
     """Load a network pickle from the open binary file `f`.
 
@@ -345,33 +413,52 @@ def load_network_pkl(f, force_fp16=False):
     `augment_pipe` (`torch.nn.Module` or None). TensorFlow-era `(G, D, Gs)` pickles are converted (`Gs` becomes
     `G_ema`). With `force_fp16`, the networks are rebuilt from their constructor kwargs with
     `num_fp16_res=4, conv_clamp=256` and their parameters/buffers copied over by name.
+
+    A file that is empty, truncated, not a pickle, or not a network pickle (missing keys, values of the wrong
+    type) raises `UnsupportedPickleError` with a one-line message naming the file (when `f` has a `name`).
     """
-    data = _LegacyUnpickler(f).load()
+    data = _unpickle(f)
 
     if _is_tf_pickle(data):
         data = _convert_tf_networks(*data)
-    if not isinstance(data, dict):
-        raise UnsupportedPickleError(
-            f"Network pickle holds a {type(data).__name__}; expected a dict with G, D, G_ema (training snapshot) "
-            "or a TensorFlow-era (G, D, Gs) tuple"
-        )
-
-    for key in _OPTIONAL_KEYS:
-        data.setdefault(key, None)
-
-    for key in _NETWORK_KEYS:
-        assert isinstance(data[key], torch.nn.Module), f"network pickle: {key} is a {type(data[key]).__name__}"
-    assert isinstance(data["training_set_kwargs"], (dict, type(None))), (
-        f"network pickle: training_set_kwargs is a {type(data['training_set_kwargs']).__name__}, expected dict/None"
-    )
-    assert isinstance(data["augment_pipe"], (torch.nn.Module, type(None))), (
-        f"network pickle: augment_pipe is a {type(data['augment_pipe']).__name__}, expected Module/None"
-    )
+    if isinstance(data, dict):
+        for key in _OPTIONAL_KEYS:
+            data.setdefault(key, None)
+    _check_network_dict(f, data)
 
     if force_fp16:
         for key in _NETWORK_KEYS:
             data[key] = _force_fp16_network(key, data[key])
     return data
+
+
+def cli_load_network_pkl(url, force_fp16=False):
+    """`load_network_pkl` of a path or URL for the command-line tools.
+
+    Unreadable or unsupported files become `click.ClickException` (printed as `Error: ...`, exit status 1).
+    """
+    try:
+        with dnnlib.util.open_url(url) as f:
+            try:
+                return load_network_pkl(f, force_fp16=force_fp16)
+            except UnsupportedPickleError as exc:
+                # Downloads are read from memory (no file name): name the URL instead.
+                named = getattr(f, "name", None) is not None
+                raise click.ClickException(str(exc) if named else f"{url}: {exc}") from exc
+    except OSError as exc:
+        raise click.ClickException(f"Cannot read network pickle {url}: {exc}") from exc
+
+
+def check_output_file(path, option):
+    """Fail early (`click.ClickException`) if the file `path` of `option` cannot be written."""
+    if os.path.isdir(path):
+        raise click.ClickException(f"{option} {path} is a directory; expected a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise click.ClickException(f"{option} {path}: the folder {folder} does not exist")
+    target = path if os.path.exists(path) else folder
+    if not os.access(target, os.W_OK):
+        raise click.ClickException(f"{option} {path}: {target} is not writable")
 
 
 # ----------------------------------------------------------------------------
@@ -402,12 +489,15 @@ def convert_network_pickle(source, dest, force_fp16):
         --source=https://nvlabs-fi-cdn.nvidia.com/stylegan2/networks/stylegan2-cat-config-f.pkl \\
         --dest=stylegan2-cat-config-f.pkl
     """
+    check_output_file(dest, "--dest")
     print(f'Loading "{source}"...')
-    with dnnlib.util.open_url(source) as f:
-        data = load_network_pkl(f, force_fp16=force_fp16)
+    data = cli_load_network_pkl(source, force_fp16=force_fp16)
     print(f'Saving "{dest}"...')
-    with open(dest, "wb") as f:
-        pickle.dump(data, f)
+    try:
+        with open(dest, "wb") as f:
+            pickle.dump(data, f)
+    except OSError as exc:
+        raise click.ClickException(f"Cannot write --dest {dest}: {exc}") from exc
     print("Done.")
 
 

@@ -10,7 +10,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from generate import default_device, load_generator
+from generate import default_device, load_generator, make_outdir
 from metrics import metric_utils
 from torch_utils import misc
 
@@ -23,6 +23,11 @@ LPIPS_MAX_RESOLUTION = 256  # Larger images are area-downsampled to this size be
 LPIPS_KWARGS = dict(resize_images=False, return_lpips=True)
 NOISE_REG_MIN_RESOLUTION = 8  # The noise regulariser stops halving a buffer once it is this small.
 ADAM_BETAS = (0.9, 0.999)
+
+# PIL modes of 16-bit grayscale images ('I' is how PNG/TIFF readers may return them): convert('RGB') would clip
+# them to white, so they are scaled to 8 bits first.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+MAX_16BIT = 65535
 
 VIDEO_FPS = 10
 VIDEO_CODEC = "libx264"
@@ -163,11 +168,19 @@ def project(
 # Command-line helpers.
 
 
+def to_rgb8(img: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL image -> 8-bit RGB; 16-bit grayscale keeps its top 8 bits (mode 'I' is taken as 0..65535)."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(img).astype(np.int64), 0, MAX_16BIT)
+        return PIL.Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
 def read_target_image(path: str) -> PIL.Image.Image:
-    """Open the target with PIL as RGB; unreadable files become a one-line CLI error."""
+    """Open the target with PIL as 8-bit RGB; unreadable files become a one-line CLI error."""
     try:
         with PIL.Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb8(img)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"Cannot read target image {path}: {exc}") from exc
 
@@ -255,6 +268,7 @@ def run_projection(network_pkl: str, target_fname: str, outdir: str, save_video:
     torch.manual_seed(seed)  # seeds the CPU and every CUDA device
 
     target_pil = read_target_image(os.path.expanduser(target_fname))
+    make_outdir(outdir)  # before the (long) projection, so that a bad --outdir cannot lose the run
 
     print(f'Loading networks from "{network_pkl}"...')
     device = default_device()
@@ -273,7 +287,6 @@ def run_projection(network_pkl: str, target_fname: str, outdir: str, save_video:
     )
     print(f"Elapsed: {(time.perf_counter() - start_time):.1f} s")
 
-    os.makedirs(outdir, exist_ok=True)
     if save_video:
         video_path = f"{outdir}/proj.mp4"
         print(f'Saving optimization progress video "{video_path}"')

@@ -6,8 +6,20 @@ import click
 import numpy as np
 import PIL.Image
 import torch
+from click.core import ParameterSource
 
-from generate import NOISE_MODES, PNG_MODES, NumRange, default_device, load_generator, to_pil, to_uint8_images
+from generate import (
+    NOISE_MODES,
+    PNG_MODES,
+    FiniteFloat,
+    NumRange,
+    check_outdir,
+    default_device,
+    load_generator,
+    make_outdir,
+    to_pil,
+    to_uint8_images,
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -58,18 +70,34 @@ def make_grid(images: dict, row_seeds, col_seeds, resolution: int, channels: int
     return canvas
 
 
+def check_styles(col_styles: list[int], num_ws: int):
+    """Every --styles index must address one of the network's W layers (negative indices count from the end)."""
+    bad_styles = [idx for idx in col_styles if not -num_ws <= idx < num_ws]
+    if not bad_styles:
+        return
+    message = f"--styles index {bad_styles[0]} is out of range: the network has {num_ws} W layers"
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source("col_styles") == ParameterSource.DEFAULT:
+        message += f" (--styles defaults to 0-6); pass e.g. --styles=0-{num_ws - 1}"
+    raise click.UsageError(message)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 @click.command()
 @click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
 @click.option(
-    "--rows", "row_seeds", type=NumRange(), help="Seeds of the grid rows (they keep the unlisted layers)", required=True
+    "--rows",
+    "row_seeds",
+    type=NumRange(seed=True),
+    help="Seeds of the grid rows (they keep the unlisted layers)",
+    required=True,
 )
 @click.option(
     "--cols",
     "col_seeds",
-    type=NumRange(),
+    type=NumRange(seed=True),
     help="Seeds of the grid columns (they give the --styles layers)",
     required=True,
 )
@@ -82,7 +110,7 @@ def make_grid(images: dict, row_seeds, col_seeds, resolution: int, channels: int
     show_default=True,
 )
 @click.option(
-    "--trunc", "truncation_psi", type=float, help="Truncation strength (1 = none)", default=1, show_default=True
+    "--trunc", "truncation_psi", type=FiniteFloat(), help="Truncation strength (1 = none)", default=1, show_default=True
 )
 @click.option(
     "--noise-mode",
@@ -114,19 +142,18 @@ def generate_style_mix(
       python style_mixing.py --network=snapshot.pkl --rows=1-4 --cols=10,20,30 \\
           --styles=0-6 --outdir=out
     """
+    check_outdir(outdir)
+    if not row_seeds and not col_seeds:
+        raise click.UsageError("--rows and --cols name no seed at all")
     print(f'Loading networks from "{network_pkl}"...')
     device = default_device()
     G = load_generator(network_pkl, device)
-    os.makedirs(outdir, exist_ok=True)
     if G.c_dim != 0:
         raise click.UsageError(f"style_mixing.py supports unconditional networks only; this one has c_dim={G.c_dim}")
     if G.img_channels not in PNG_MODES:
         raise click.UsageError(f"Cannot save images with {G.img_channels} channels; expected 1 or 3")
-    if not row_seeds and not col_seeds:
-        raise click.UsageError("--rows and --cols name no seed at all")
-    bad_styles = [idx for idx in col_styles if not -G.num_ws <= idx < G.num_ws]
-    if bad_styles:
-        raise click.UsageError(f"--styles index {bad_styles[0]} is out of range: the network has {G.num_ws} W layers")
+    check_styles(col_styles, G.num_ws)
+    make_outdir(outdir)
 
     images = mix_styles(G, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, device)
 

@@ -1,11 +1,13 @@
 """generate.py: seed parsing, seed -> z mapping, uint8 conversion and the real command line on tiny snapshots."""
 
 import copy
+import io
 import os
 import pickle
 import subprocess
 import sys
 
+import click
 import numpy as np
 import PIL.Image
 import pytest
@@ -13,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from conftest import REPO_ROOT
 
+import dnnlib
 import generate
 
 Z_DIM = 16
@@ -20,7 +23,7 @@ W_DIM = 16
 RESOLUTION = 32
 
 
-def build_snapshot(path, c_dim: int = 0, seed: int = 0, img_channels: int = 3):
+def build_snapshot(path, c_dim: int = 0, seed: int = 0, img_channels: int = 3, img_resolution: int = RESOLUTION):
     """Write a training-style snapshot pickle with a tiny random G_ema (non-zero w_avg and noise strengths)."""
     from training import networks
 
@@ -29,7 +32,7 @@ def build_snapshot(path, c_dim: int = 0, seed: int = 0, img_channels: int = 3):
         z_dim=Z_DIM,
         c_dim=c_dim,
         w_dim=W_DIM,
-        img_resolution=RESOLUTION,
+        img_resolution=img_resolution,
         img_channels=img_channels,
         mapping_kwargs=dict(num_layers=2),
         synthesis_kwargs=dict(channel_base=128, channel_max=8),
@@ -41,7 +44,7 @@ def build_snapshot(path, c_dim: int = 0, seed: int = 0, img_channels: int = 3):
             if name.endswith("noise_strength"):
                 param.fill_(0.5)  # makes the noise mode visible
     D = networks.Discriminator(
-        c_dim=c_dim, img_resolution=RESOLUTION, img_channels=img_channels, channel_base=128, channel_max=8
+        c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels, channel_base=128, channel_max=8
     )
     snapshot = dict(G=G, D=D, G_ema=G, augment_pipe=None, training_set_kwargs=None)
     with open(path, "wb") as f:
@@ -242,3 +245,129 @@ def test_real_command_line(tmp_path, uncond_pkl):
     # A separate process may use other thread counts, hence other float summation orders: allow one code value.
     diff = read_png(tmp_path / "seed0085.png").astype(int) - expected_image(G, 85, noise_mode="const")
     assert np.abs(diff).max() <= 1
+
+
+def test_bad_network_file_is_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(b"")
+    list_pkl = tmp_path / "list.pkl"
+    list_pkl.write_bytes(pickle.dumps([1, 2]))
+    cases = [
+        (empty, f"Error: {empty}: not a network pickle (file is empty)"),
+        (list_pkl, f"Error: {list_pkl}: not a network pickle (a list, not a dict"),
+        (tmp_path / "missing.pkl", f"Error: Cannot read network pickle {tmp_path / 'missing.pkl'}: "),
+        (tmp_path, f"Error: Cannot read network pickle {tmp_path}: "),
+    ]
+    for network, message in cases:
+        result = CliRunner().invoke(
+            generate.generate_images, ["--network", str(network), "--seeds", "1", "--outdir", str(tmp_path / "o")]
+        )
+        assert result.exit_code == 1, result.output
+        assert message in result.stderr and "Aborted!" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_download_errors_and_unnamed_streams_name_the_url(tmp_path, monkeypatch):
+    url = "https://example.invalid/net.pkl"
+
+    def failing_open_url(*args, **kwargs):
+        raise dnnlib.util.DownloadError(f"Could not download {url} (ConnectionError: offline).")
+
+    monkeypatch.setattr(dnnlib.util, "open_url", failing_open_url)
+    with pytest.raises(click.ClickException, match=f"Cannot read network pickle {url}: Could not download {url}"):
+        generate.load_generator(url, torch.device("cpu"))
+
+    monkeypatch.setattr(dnnlib.util, "open_url", lambda *args, **kwargs: io.BytesIO(b"\x80\x04"))
+    with pytest.raises(click.ClickException, match=f"^{url}: not a network pickle \\(truncated\\)$"):
+        generate.load_generator(url, torch.device("cpu"))
+
+
+def test_outdir_that_is_a_file_is_a_clear_error(tmp_path):
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    cases = [
+        (not_a_dir, f"Error: --outdir {not_a_dir} exists and is not a folder"),
+        (not_a_dir / "sub" / "dir", f"Error: --outdir {not_a_dir / 'sub' / 'dir'} cannot be created: {not_a_dir} is"),
+    ]
+    for outdir, message in cases:
+        # The network is never read: --outdir is checked first.
+        args = ["--network", str(tmp_path / "missing.pkl"), "--seeds", "1", "--outdir", str(outdir)]
+        result = CliRunner().invoke(generate.generate_images, args)
+        assert result.exit_code == 1, result.output
+        assert message in result.stderr and "Loading networks" not in result.stdout
+
+
+def test_outdir_that_cannot_be_created_is_a_clear_error(tmp_path, uncond_pkl, monkeypatch):
+    def refuse(path, exist_ok=False):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "makedirs", refuse)
+    outdir = tmp_path / "new"
+    args = ["--network", uncond_pkl[0], "--seeds", "1", "--outdir", str(outdir)]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 1
+    assert f"Error: Cannot create --outdir {outdir}: [Errno 13] Permission denied" in result.stderr
+
+
+def test_seed_values_are_range_checked():
+    assert generate.parse_num_range("0,4294967295", seed=True) == [0, 4294967295]
+    assert generate.parse_num_range("4294967290-4294967295", seed=True)[-1] == 4294967295
+    for text, bad in [
+        ("4294967296", 4294967296),
+        ("1,-2", -2),
+        ("0-99999999999", 99999999999),
+        ("5-99999999999999999999", 99999999999999999999),
+    ]:
+        with pytest.raises(ValueError, match=f"^seed {bad} is out of range 0..4294967295$"):
+            generate.parse_num_range(text, seed=True)
+    # Without seed=True (--styles) negative values stay valid.
+    assert generate.parse_num_range("-1,-2") == [-1, -2]
+
+
+@pytest.mark.parametrize("seeds, bad", [("4294967296", "4294967296"), ("0-99999999999", "99999999999"), ("3,-1", "-1")])
+def test_out_of_range_seeds_are_usage_errors(tmp_path, seeds, bad):
+    args = ["--network", "x.pkl", "--seeds", seeds, "--outdir", str(tmp_path / "o")]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 2
+    assert f"Invalid value for '--seeds': seed {bad} is out of range 0..4294967295" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("trunc", ["nan", "inf", "-inf"])
+def test_non_finite_trunc_is_usage_error(tmp_path, trunc):
+    args = ["--network", "x.pkl", "--seeds", "1", "--trunc", trunc, "--outdir", str(tmp_path / "o")]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 2
+    assert f"Invalid value for '--trunc': {trunc} is not a finite number" in result.stderr
+
+
+def test_projected_w_as_npy(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    ws = np.random.RandomState(10).randn(2, G.num_ws, G.w_dim).astype(np.float32)
+    np.save(tmp_path / "w.npy", ws)
+    np.savez(tmp_path / "w.npz", w=ws)
+    for name in ["w.npy", "w.npz"]:
+        result = run_cli("--network", pkl, "--projected-w", tmp_path / name, "--outdir", tmp_path / name[2:])
+        assert result.exit_code == 0, result.output
+        assert sorted(os.listdir(tmp_path / name[2:])) == ["proj00.png", "proj01.png"]
+    for k in range(2):
+        np.testing.assert_array_equal(
+            read_png(tmp_path / "npy" / f"proj{k:02d}.png"), read_png(tmp_path / "npz" / f"proj{k:02d}.png")
+        )
+
+    np.save(tmp_path / "bad.npy", np.zeros([1, G.num_ws]))
+    np.save(tmp_path / "text.npy", np.array([["a"] * G.w_dim] * G.num_ws))
+    np.savez(tmp_path / "other.npz", x=ws)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    for name, message in [
+        ("bad.npy", f"expected w of shape [K, {G.num_ws}, {G.w_dim}]"),
+        ("text.npy", "expected a float array, found dtype <U1"),
+        ("other.npz", "(a .npz with array 'w' or a .npy array)"),
+        ("empty.npy", f"Cannot read --projected-w file {tmp_path / 'empty.npy'}"),
+    ]:
+        result = CliRunner().invoke(
+            generate.generate_images,
+            ["--network", pkl, "--projected-w", str(tmp_path / name), "--outdir", str(tmp_path / "o")],
+        )
+        assert result.exit_code == 1, (name, result.output)
+        assert message in result.stderr, name

@@ -11,6 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 import dnnlib
 import legacy
@@ -253,18 +254,90 @@ def test_missing_optional_keys_are_added_and_extras_kept():
 
 
 def test_validation_errors():
+    """Deliberate difference: the spec's KeyError / AssertionError are UnsupportedPickleError (a one-line error)."""
     good = dict(G=_generator(1, {}), D=_discriminator(2), G_ema=_generator(3, {}))
-    with pytest.raises(KeyError):
+    with pytest.raises(
+        legacy.UnsupportedPickleError, match=r"^not a network pickle \(a dict without the key 'G_ema'\)$"
+    ):
         _load(pickle.dumps(dict(G=good["G"], D=good["D"])))
-    with pytest.raises(AssertionError, match="G_ema"):
+    with pytest.raises(legacy.UnsupportedPickleError, match="a dict without the key 'G'"):
+        _load(pickle.dumps(dict(D=good["D"], G_ema=good["G_ema"])))
+    with pytest.raises(legacy.UnsupportedPickleError, match="G_ema is a str, not a torch.nn.Module"):
         _load(pickle.dumps(dict(good, G_ema="not a module")))
-    with pytest.raises(AssertionError, match="training_set_kwargs"):
+    with pytest.raises(legacy.UnsupportedPickleError, match="training_set_kwargs is a list"):
         _load(pickle.dumps(dict(good, training_set_kwargs=[1])))
-    with pytest.raises(AssertionError, match="augment_pipe"):
+    with pytest.raises(legacy.UnsupportedPickleError, match="augment_pipe is a int"):
         _load(pickle.dumps(dict(good, augment_pipe=3)))
     assert _load(pickle.dumps(dict(good, training_set_kwargs=dnnlib.EasyDict(a=1))))["training_set_kwargs"].a == 1
     with pytest.raises(legacy.UnsupportedPickleError, match="list"):
         _load(pickle.dumps([1, 2]))
+    assert issubclass(legacy.UnsupportedPickleError, RuntimeError)
+
+
+def _load_file(path):
+    with open(path, "rb") as f:
+        return legacy.load_network_pkl(f)
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        pytest.param(b"", "file is empty", id="empty"),
+        pytest.param(_snapshot_bytes()[:1000], "truncated", id="truncated"),
+        pytest.param(_snapshot_bytes()[:1], "truncated", id="one-byte"),
+        pytest.param(b"\xc5\xd7\x14\x84" * 16, "not a pickle: invalid load key, '\\xc5'.", id="random-bytes"),
+        pytest.param(
+            b"\x89PNG\r\n\x1a\n" + bytes(64),
+            "not a pickle: A load persistent id instruction was encountered, but",  # a two-line message, joined
+            id="png-header",
+        ),
+        pytest.param(
+            pickle.dumps([1, 2]), "a list, not a dict with G, D, G_ema or a TensorFlow-era (G, D, Gs) tuple", id="list"
+        ),
+        pytest.param(pickle.dumps({"D": 1}), "a dict without the key 'G'", id="dict-without-G"),
+        pytest.param(pickle.dumps(None), "a NoneType, not a dict", id="none"),
+        # A global that does not exist (a pickle of some other program).
+        pytest.param(
+            b"cno_such_module_xyz\nThing\n)R.",
+            "it needs no_such_module_xyz.Thing, which cannot be imported",
+            id="unknown-global",
+        ),
+        # Malformed bytes that the unpickler itself rejects with other exception types.
+        pytest.param(
+            b"\x95\xa2\xe6Hs\xb2\xbe\x96\xef", "corrupt pickle data: OverflowError: FRAME length exceeds", id="frame"
+        ),
+        pytest.param(b"\x83O\xc2\x96", "corrupt pickle data: ValueError: unregistered extension code", id="ext-code"),
+    ],
+)
+def test_bad_files_raise_unsupported_pickle_error_naming_the_file(tmp_path, content, reason):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(content)
+    with pytest.raises(legacy.UnsupportedPickleError) as info:
+        _load_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a network pickle ({reason}"), message
+    assert "\n" not in message
+
+
+def test_random_bytes_always_give_unsupported_pickle_error():
+    rng = np.random.RandomState(0)
+    for _ in range(300):
+        data = rng.randint(0, 256, size=rng.randint(1, 64), dtype=np.uint8).tobytes()
+        try:
+            _load(data)
+        except legacy.UnsupportedPickleError as exc:
+            assert str(exc).startswith("not a network pickle (")
+        else:
+            raise AssertionError(f"random bytes {data!r} were accepted")
+
+
+def test_errors_of_code_run_by_the_pickle_keep_their_type():
+    """Not malformed bytes: a network source that fails must surface as itself, with its traceback."""
+    meta = dict(type="class", version=6, module_src="raise ValueError('network source failed')", class_name="X",
+                state={})  # fmt: skip
+    data = pickle.dumps(dict(G=_Reduce(RECONSTRUCT, meta)), protocol=2)
+    with pytest.raises(ValueError, match="network source failed"):
+        _load(data)
 
 
 def test_force_fp16_rebuilds_networks():
@@ -391,3 +464,49 @@ def test_tf_pickle_is_detected_and_converted(tf_network_class):
     # A 3-tuple of something else is not mistaken for a TensorFlow pickle.
     with pytest.raises(legacy.UnsupportedPickleError, match="tuple"):
         _load(pickle.dumps((1, 2, 3)))
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def _convert(*args):
+    return CliRunner().invoke(legacy.convert_network_pickle, [str(a) for a in args])
+
+
+def test_cli_bad_source_is_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(b"")
+    dest = tmp_path / "out.pkl"
+    result = _convert("--source", empty, "--dest", dest)
+    assert result.exit_code == 1, result.output
+    assert f"Error: {empty}: not a network pickle (file is empty)" in result.stderr
+    assert "Aborted!" not in result.output and not dest.exists()
+
+    for source in [tmp_path / "missing.pkl", tmp_path]:
+        result = _convert("--source", source, "--dest", dest)
+        assert result.exit_code == 1, result.output
+        assert f"Error: Cannot read network pickle {source}: " in result.stderr and str(source) in result.stderr
+        assert not dest.exists()
+
+    result = _convert("--source", f"file://{empty}", "--dest", dest)
+    assert result.exit_code == 1 and "not a network pickle (file is empty)" in result.stderr
+
+
+def test_cli_dest_is_checked_before_loading(tmp_path):
+    source = tmp_path / "missing.pkl"  # never read: --dest fails first
+    result = _convert("--source", source, "--dest", tmp_path)
+    assert result.exit_code == 1
+    assert f"Error: --dest {tmp_path} is a directory; expected a file name" in result.stderr
+    assert "Loading" not in result.stdout
+
+    dest = tmp_path / "no_such_folder" / "out.pkl"
+    result = _convert("--source", source, "--dest", dest)
+    assert result.exit_code == 1
+    assert f"Error: --dest {dest}: the folder {tmp_path / 'no_such_folder'} does not exist" in result.stderr
+
+    good = tmp_path / "good.pkl"
+    good.write_bytes(_snapshot_bytes())
+    result = _convert("--source", good, "--dest", tmp_path / "copy.pkl")
+    assert result.exit_code == 0, result.output
+    assert _load_file(tmp_path / "copy.pkl")["training_set_kwargs"]["resolution"] == 4

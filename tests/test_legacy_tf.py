@@ -758,3 +758,14 @@ def test_pickle_written_under_numpy_1_loads():
     result = _load(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     for key, exp in zip(["G", "D", "G_ema"], expected):
         _check_params(result[key], exp)
+
+
+def test_truncated_tf_pickle_is_unsupported_pickle_error(tmp_path):
+    states, _expected = _tf_networks(90)
+    data = _tf_pickle_bytes(*states)
+    path = tmp_path / "tf.pkl"
+    for cut in [1, len(data) // 2, len(data) - 1]:
+        path.write_bytes(data[:cut])
+        with open(path, "rb") as f, pytest.raises(legacy.UnsupportedPickleError) as info:
+            legacy.load_network_pkl(f)
+        assert str(info.value) == f"{path}: not a network pickle (truncated)"

@@ -401,3 +401,77 @@ def test_cli_errors(env, tmp_path):
 
     result = CliRunner().invoke(projector.run_projection, ["--network", env["pkl"], "--outdir", str(tmp_path)])
     assert result.exit_code == 2 and "Missing option '--target'" in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Robustness of the command line.
+
+
+def _gray16() -> np.ndarray:
+    """uint16 [24, 24] over the whole 16-bit range (a gradient plus noise)."""
+    rnd = np.random.RandomState(6)
+    ramp = np.linspace(0, 65535, 24)[None, :] * np.ones([24, 1])
+    return np.clip(ramp + rnd.randint(-300, 300, size=[24, 24]), 0, 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I"])
+def test_16bit_targets_are_scaled_not_clipped(mode):
+    values = _gray16()
+    if mode == "I":
+        img = PIL.Image.fromarray(values.astype(np.int32))
+    else:
+        img = PIL.Image.frombytes(mode, (24, 24), values.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    assert img.mode == mode
+    assert (np.array(img.convert("RGB")) == 255).mean() > 0.9  # what plain convert('RGB') does
+    rgb = projector.to_rgb8(img)
+    assert rgb.mode == "RGB"
+    expected = (values >> 8).astype(np.uint8)
+    np.testing.assert_array_equal(np.array(rgb), np.stack([expected] * 3, axis=-1))
+
+
+def test_mode_i_is_clipped_to_16_bits():
+    img = PIL.Image.fromarray(np.array([[-5, 0, 65535, 70000, 2**30]], dtype=np.int32))
+    assert np.array(projector.to_rgb8(img))[0, :, 0].tolist() == [0, 0, 255, 255, 255]
+
+
+def test_palette_and_8bit_targets_convert_as_before():
+    rnd = np.random.RandomState(8)
+    rgb = PIL.Image.fromarray(rnd.randint(0, 256, size=[16, 16, 3], dtype=np.uint8))
+    palette = rgb.quantize(colors=16)
+    for img in [palette, palette.convert("PA"), rgb, rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("LA")]:
+        np.testing.assert_array_equal(np.array(projector.to_rgb8(img)), np.array(img.convert("RGB")), img.mode)
+
+
+def test_cli_16bit_png_target(env, tmp_path):
+    values = _gray16()
+    target = tmp_path / "gray16.png"
+    PIL.Image.frombytes("I;16", (24, 24), values.astype("<u2").tobytes()).save(target)
+    with PIL.Image.open(target) as img:
+        assert img.mode in projector.SIXTEEN_BIT_MODES
+    outdir = tmp_path / "out"
+    args = ["--network", env["pkl"], "--target", target, "--num-steps", 1, "--save-video", "false"]
+    result = run_cli(*args, "--outdir", outdir)
+    assert result.exit_code == 0, result.output
+    gray8 = PIL.Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
+    np.testing.assert_array_equal(read_png(outdir / "target.png"), projector.prepare_target(gray8, RESOLUTION))
+
+
+def test_cli_outdir_is_checked_before_the_network_is_loaded(env, tmp_path):
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    missing = tmp_path / "missing.pkl"
+    for outdir, message in [
+        (not_a_dir, f"Error: --outdir {not_a_dir} exists and is not a folder"),
+        (not_a_dir / "sub", f"Error: --outdir {not_a_dir / 'sub'} cannot be created: {not_a_dir} is not a folder"),
+    ]:
+        args = ["--network", missing, "--target", env["target_png"], "--outdir", outdir]
+        result = CliRunner().invoke(projector.run_projection, [str(a) for a in args])
+        assert result.exit_code == 1 and message in result.stderr, result.output
+        assert "Loading networks" not in result.stdout
+
+    # A good --outdir exists before the network is read (so the long projection cannot be lost to it).
+    outdir = tmp_path / "new" / "out"
+    args = ["--network", missing, "--target", env["target_png"], "--outdir", outdir]
+    result = CliRunner().invoke(projector.run_projection, [str(a) for a in args])
+    assert result.exit_code == 1 and f"Error: Cannot read network pickle {missing}: " in result.stderr
+    assert outdir.is_dir()

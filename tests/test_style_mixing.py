@@ -148,3 +148,47 @@ def test_real_command_line(tmp_path, uncond_pkl):
     assert sorted(os.listdir(tmp_path)) == ["1-1.png", "1-2.png", "2-2.png", "grid.png"]
     with PIL.Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (2 * RESOLUTION, 2 * RESOLUTION) and grid.mode == "RGB"
+
+
+def test_default_styles_too_many_for_small_network(tmp_path):
+    small = tmp_path / "small.pkl"
+    G = build_snapshot(small, img_resolution=16)
+    assert G.num_ws == 6
+    outdir = tmp_path / "o"
+    result = run_cli("--network", small, "--rows", "1", "--cols", "2", "--outdir", outdir)
+    assert result.exit_code == 2
+    assert (
+        "--styles index 6 is out of range: the network has 6 W layers (--styles defaults to 0-6); "
+        "pass e.g. --styles=0-5"
+    ) in " ".join(result.stderr.split())
+    assert not outdir.exists()  # options are checked before --outdir is created
+
+    result = run_cli("--network", small, "--rows", "1", "--cols", "2", "--styles", "0-6", "--outdir", outdir)
+    assert result.exit_code == 2 and "--styles index 6 is out of range: the network has 6 W layers" in result.stderr
+    assert "defaults" not in result.stderr
+
+    result = run_cli("--network", small, "--rows", "1", "--cols", "2", "--styles", "0-5", "--outdir", outdir)
+    assert result.exit_code == 0, result.output
+
+
+def test_option_and_file_errors(tmp_path, uncond_pkl):
+    pkl, _G = uncond_pkl
+    for option, value, message in [
+        ("--rows", "4294967296", "Invalid value for '--rows': seed 4294967296 is out of range 0..4294967295"),
+        ("--cols", "0-99999999999", "Invalid value for '--cols': seed 99999999999 is out of range 0..4294967295"),
+        ("--trunc", "nan", "Invalid value for '--trunc': nan is not a finite number"),
+    ]:
+        args = {"--rows": "1", "--cols": "2", "--trunc": "1", option: value}
+        result = run_cli("--network", pkl, *[x for item in args.items() for x in item], "--outdir", tmp_path / "o")
+        assert result.exit_code == 2 and message in result.stderr, result.output
+
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    result = run_cli("--network", pkl, "--rows", "1", "--cols", "2", "--outdir", not_a_dir)
+    assert result.exit_code == 1 and f"Error: --outdir {not_a_dir} exists and is not a folder" in result.stderr
+
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(b"")
+    result = run_cli("--network", empty, "--rows", "1", "--cols", "2", "--outdir", tmp_path / "o")
+    assert result.exit_code == 1 and f"Error: {empty}: not a network pickle (file is empty)" in result.stderr
+    assert not (tmp_path / "o").exists()
