@@ -99,8 +99,11 @@ def _load_network(network_pkl: str, verbose: bool) -> tuple[torch.nn.Module, dic
     """G_ema of the pickle and the training-set options the training run stored in it (None if it has none)."""
     if verbose:
         print(f'Loading network from "{network_pkl}"...')
-    with dnnlib.util.open_url(network_pkl, verbose=verbose) as f:
-        snapshot = legacy.load_network_pkl(f)
+    try:
+        with dnnlib.util.open_url(network_pkl, verbose=verbose) as f:
+            snapshot = legacy.load_network_pkl(f)
+    except (legacy.UnsupportedPickleError, OSError) as err:
+        raise click.ClickException(f"--network: {err}") from err
     return snapshot["G_ema"], snapshot.get("training_set_kwargs")
 
 
@@ -118,7 +121,26 @@ def _dataset_options(
     options.update(resolution=G.img_resolution, use_labels=G.c_dim != 0)
     if mirror is not None:
         options.xflip = mirror
+    _check_dataset(ctx, options, G, source="--data" if data is not None else "--data (recorded in the pickle)")
     return options
+
+
+def _check_dataset(ctx: click.Context, options: dict, G: torch.nn.Module, source: str) -> None:
+    """Open the real images once, so that a missing, malformed or mismatched dataset is a usage error."""
+    dataset = None
+    try:
+        dataset = dnnlib.util.construct_class_by_name(**options)
+        label_dim = dataset.label_dim if G.c_dim != 0 else 0
+    except (OSError, ValueError) as err:
+        ctx.fail(f"{source}: {err}")
+    finally:
+        if dataset is not None:
+            dataset.close()
+    if label_dim != G.c_dim:
+        ctx.fail(
+            f"{source}: the network is conditional with {G.c_dim} classes, but {options['path']} has "
+            + (f"labels of dimension {label_dim}" if label_dim else "no labels")
+        )
 
 
 def _run_dir_of(network_pkl: str) -> str | None:
@@ -247,7 +269,10 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
     )
     if verbose:
         print("Launching processes...")
-    run_processes(subprocess_fn, job, gpus)
+    try:
+        run_processes(subprocess_fn, job, gpus)
+    except dnnlib.util.DownloadError as err:  # Feature detectors, offline: the message says where to put them.
+        raise click.ClickException(str(err)) from err
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Options, their order and their errors follow the reference implementation (spec:
 from its successor are added (--cbase, --cmax, --map, --tick, --batch-gpu, fractional --kimg).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,12 +15,14 @@ import click
 import torch
 
 import dnnlib
+import legacy
 from dnnlib import cli
 from metrics import metric_main
 from torch_utils import custom_ops, training_stats
 from torch_utils.launch import default_device, run_processes, spawned_process_group
 from training import training_loop
 from training.augment import AUGPIPE_SPECS
+from training.dataset import DatasetError
 
 RESUME_SPECS = {
     "ffhq256": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl",
@@ -89,6 +92,7 @@ CONV_CLAMP = 256
 DEFAULT_LOADER_WORKERS = 3
 DEFAULT_ADA_TARGET = 0.6
 RESUME_ADA_KIMG = 100  # A resumed (transfer) run adapts its augmentation faster.
+MIN_RESOLUTION = 8  # D's blocks go down to 4x4, so smaller images leave it with none.
 
 # Options with a plain default: None (not given) is replaced by these before anything else.
 # --aug, --augpipe and --resume are not here: whether they were given changes the run description.
@@ -150,6 +154,7 @@ def _number(value: float) -> int | float:
 class _DatasetFacts(typing.NamedTuple):
     name: str
     resolution: int
+    channels: int
     has_labels: bool
     size: int
 
@@ -161,12 +166,24 @@ def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
     try:
         dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
         # The labels are read lazily, so has_labels can fail too.
-        return _DatasetFacts(dataset.name, dataset.resolution, dataset.has_labels, len(dataset))
+        facts = _DatasetFacts(dataset.name, dataset.resolution, dataset.num_channels, dataset.has_labels, len(dataset))
     except (OSError, ValueError) as err:
         raise UserError(f"--data: {err}") from err
     finally:
         if dataset is not None:
             dataset.close()
+    path = dataset_kwargs["path"]
+    # The networks need at least two resolution levels; the image grids and PNGs need grayscale or RGB.
+    _require(
+        facts.resolution >= MIN_RESOLUTION,
+        f"--data: the images of {path} are {facts.resolution}x{facts.resolution}; training needs at least "
+        f"{MIN_RESOLUTION}x{MIN_RESOLUTION}",
+    )
+    _require(
+        facts.channels in (1, 3),
+        f"--data: the images of {path} have {facts.channels} channels; training needs 1 (grayscale) or 3 (RGB)",
+    )
+    return facts
 
 
 def _adam(lrate: float) -> dnnlib.EasyDict:
@@ -221,6 +238,8 @@ class _OptionsBuilder:
     def run_settings(self, gpus: int, snap: int, metrics: list, seed: int) -> None:
         _require(gpus >= 1 and gpus & (gpus - 1) == 0, "--gpus must be a power of two")
         _require(snap >= 1, "--snap must be at least 1")
+        # Each process seeds NumPy with seed * gpus + rank, which must fit in 32 bits.
+        _require(0 <= seed and seed * gpus + gpus - 1 < 2**32, f"--seed must be between 0 and {2**32 // gpus - 1}")
         valid = metric_main.list_valid_metrics()
         _require(
             all(metric_main.is_valid_metric(name) for name in metrics),
@@ -566,6 +585,7 @@ def launch(outdir: str, dry_run: bool, config: dict) -> None:
         run_desc, args = setup_training_loop_kwargs(**config)
     except UserError as err:
         raise click.UsageError(str(err)) from err
+    _check_paths(outdir, args)
     dnnlib.util.Logger(should_flush=True)  # Only now: click reports usage errors on the real stderr.
 
     if torchrun is None:
@@ -573,6 +593,30 @@ def launch(outdir: str, dry_run: bool, config: dict) -> None:
         launch_local(args, dry_run)
     else:
         launch_torchrun(args, outdir, run_desc, dry_run, torchrun)
+
+
+def _check_paths(outdir: str, args: dnnlib.EasyDict) -> None:
+    """Paths that would otherwise fail only after the run directory exists."""
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise click.UsageError(f"--outdir {outdir} exists and is not a directory")
+    resume = args.get("resume_pkl")
+    if resume is not None and not dnnlib.util.is_url(resume, allow_file_urls=True) and not os.path.isfile(resume):
+        raise click.UsageError(f"--resume: no such file: {resume}")
+
+
+@contextlib.contextmanager
+def _report_run_errors():
+    """Errors about the user's data or pickle, raised once training has started: one line instead of a traceback.
+
+    (With several local processes, torch.multiprocessing reports a worker's error with its traceback instead.)"""
+    try:
+        yield
+    except DatasetError as err:
+        raise click.ClickException(f"--data: {err}") from err
+    except (training_loop.ResumeError, legacy.UnsupportedPickleError) as err:
+        raise click.ClickException(str(err)) from err
+    except dnnlib.util.DownloadError as err:
+        raise click.ClickException(str(err)) from err
 
 
 def launch_local(args: dnnlib.EasyDict, dry_run: bool) -> None:
@@ -590,7 +634,8 @@ def launch_local(args: dnnlib.EasyDict, dry_run: bool) -> None:
     _write_options(args)
 
     print("Launching processes...")
-    run_processes(subprocess_fn, args, args.num_gpus)
+    with _report_run_errors():
+        run_processes(subprocess_fn, args, args.num_gpus)
 
 
 def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: bool, env: dict) -> None:
@@ -617,7 +662,8 @@ def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: 
         os.makedirs(args.run_dir, exist_ok=True)  # Nodes without a shared file system get their own log.txt.
         _start_log(args)  # Only now: the run directory is agreed on through the process group.
         _init_process(env["rank"], args, device)
-        training_loop.training_loop(rank=env["rank"], device=device, **args)
+        with _report_run_errors():
+            training_loop.training_loop(rank=env["rank"], device=device, **args)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -263,3 +263,39 @@ def test_cli_rejects_unknown_metric(env, snapshot):
     output = proc.stdout + proc.stderr  # The CLI's logger routes stderr text to stdout.
     assert "--metrics can only contain the following values:\nfid50k_full\nkid50k_full\n" in output
     assert "Loading network" not in output  # Validation happens before anything is loaded.
+
+
+def test_cli_dataset_and_pickle_problems_are_one_line_errors(env, snapshot, tmp_path):
+    def fails(*args, status):
+        proc = run_cli(env, *args, "--metrics=kid50k_full", shrink=False)
+        output = proc.stdout + proc.stderr  # The CLI's logger routes stderr text to stdout.
+        assert proc.returncode == status and "Traceback" not in output, output[-3000:]
+        return output
+
+    # A dataset of another resolution than the network.
+    small = str(tmp_path / "small")
+    os.makedirs(small)
+    for idx in range(2):
+        PIL.Image.fromarray(np.zeros([16, 16, 3], np.uint8)).save(os.path.join(small, f"{idx}.png"))
+    assert "Error: --data: " in fails(f"--network={snapshot.pkl}", f"--data={small}", status=2)
+
+    # The dataset recorded in the pickle has moved away.
+    moved = dict(snapshot.training_set_kwargs, path=str(tmp_path / "gone"))
+    pkl = tmp_path / "moved.pkl"
+    with open(snapshot.pkl, "rb") as f:
+        data = pickle.load(f)
+    with open(pkl, "wb") as f:
+        pickle.dump(dict(data, training_set_kwargs=moved), f)
+    assert "Error: --data (recorded in the pickle): " in fails(f"--network={pkl}", status=2)
+
+    # A conditional network with unlabelled images.
+    cond_pkl = tmp_path / "cond.pkl"
+    with open(cond_pkl, "wb") as f:
+        pickle.dump(dict(data, G_ema=tiny_generator(c_dim=3), training_set_kwargs=None), f)
+    output = fails(f"--network={cond_pkl}", f"--data={env.data_dir}", status=2)
+    assert f"the network is conditional with 3 classes, but {env.data_dir} has no labels" in output
+
+    # Not a pickle at all.
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"")
+    assert "Error: --network: " in fails(f"--network={junk}", status=1)

@@ -294,9 +294,10 @@ def test_end_to_end_cpu_run(tmp_path, data16):
     (run_name,) = os.listdir(outdir)
     assert run_name == "00000-data16-auto1-kimg0.016-batch4-ada"
     run_dir = outdir / run_name
+    # Ticks shorter than a kimg: the images within the kimg are part of the names, so no snapshot is overwritten.
     assert sorted(os.listdir(run_dir)) == [
-        "fakes000000.png", "fakes_init.png", "log.txt", "network-snapshot-000000.pkl", "reals.png", "stats.jsonl",
-        "training_options.json",
+        "fakes000000.004.png", "fakes000000.016.png", "fakes_init.png", "log.txt", "network-snapshot-000000.004.pkl",
+        "network-snapshot-000000.016.pkl", "reals.png", "stats.jsonl", "training_options.json",
     ]  # fmt: skip
 
     # training_options.json: the args of §5.2 plus kimg_per_tick (from --tick) and run_dir; no trailing newline.
@@ -354,12 +355,12 @@ def test_end_to_end_cpu_run(tmp_path, data16):
     assert list(stats[0]["Loss/G/loss"]) == ["num", "mean", "std"]
 
     # Images: 32x32 tiles of 16x16 pixels.
-    for name in ["reals.png", "fakes_init.png", "fakes000000.png"]:
+    for name in ["reals.png", "fakes_init.png", "fakes000000.004.png", "fakes000000.016.png"]:
         with PIL.Image.open(run_dir / name) as image:
             assert (image.size, image.mode) == ((512, 512), "RGB"), name
 
     # Snapshot: the reference's keys (in order) plus our resume_state; loadable by legacy; G_ema generates.
-    with open(run_dir / "network-snapshot-000000.pkl", "rb") as f:
+    with open(run_dir / "network-snapshot-000000.016.pkl", "rb") as f:
         raw = pickle.load(f)
     assert list(raw) == ["training_set_kwargs", "G", "D", "G_ema", "augment_pipe", "resume_state"]
     assert raw["training_set_kwargs"] == options["training_set_kwargs"]
@@ -369,7 +370,7 @@ def test_end_to_end_cpu_run(tmp_path, data16):
         module = raw[key]
         assert not module.training and not any(param.requires_grad for param in module.parameters())
         assert all(tensor.device.type == "cpu" for tensor in module.state_dict().values())
-    with open(run_dir / "network-snapshot-000000.pkl", "rb") as f:
+    with open(run_dir / "network-snapshot-000000.016.pkl", "rb") as f:
         data = legacy.load_network_pkl(f)
     G_ema = data["G_ema"]
     with torch.no_grad():
@@ -378,8 +379,82 @@ def test_end_to_end_cpu_run(tmp_path, data16):
     assert isinstance(dnnlib.EasyDict(data), dict)
 
 
+def test_errors_after_start_are_one_line(tmp_path, data16):
+    """Bad data beyond the first image, or a --resume pickle that does not fit, end with one `Error:` line."""
+    corrupt = write_image_folder(tmp_path / "corrupt", count=8, resolution=16)
+    with open(os.path.join(corrupt, "zzz.png"), "wb") as f:
+        f.write(open(os.path.join(corrupt, "img000.png"), "rb").read()[:60])  # Truncated: only the probe passes.
+    result = run_train(f"--outdir={tmp_path / 'a'}", f"--data={corrupt}", "--kimg=0.004", *TINY_OPTIONS)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert re.search(r"Error: --data: .*zzz\.png", output), output[-3000:]
+
+    # A pickle whose networks are wider than this run's (--cmax=16 there, 32 here).
+    from training import networks
+
+    shape = dict(c_dim=0, img_resolution=16, img_channels=3)
+    channels = dict(channel_base=256, channel_max=16)
+    G = networks.Generator(z_dim=512, w_dim=512, mapping_kwargs=dict(num_layers=2), synthesis_kwargs=channels, **shape)
+    D = networks.Discriminator(**shape, **channels)
+    narrow = tmp_path / "narrow.pkl"
+    with open(narrow, "wb") as f:
+        pickle.dump(dict(G=G, D=D, G_ema=G, augment_pipe=None, training_set_kwargs=None), f)
+    result = run_train(
+        f"--outdir={tmp_path / 'b'}", f"--data={data16}", f"--resume={narrow}", "--kimg=0.004", *TINY_OPTIONS
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert re.search(r"Error: --resume .*narrow\.pkl: G\.\S+ has shape \[16.*\] in the pickle but \[32", output), (
+        output[-3000:]
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--resume=/no/such/file.pkl"], "Error: --resume: no such file: /no/such/file.pkl"),
+        (["--seed=-1"], "Error: --seed must be between 0 and 4294967295"),
+    ],
+)
+def test_paths_and_seed_checked_before_the_run(tmp_path, data16, args, message):
+    result = run_train(f"--outdir={tmp_path}", f"--data={data16}", *args, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_tiny_or_four_channel_images_are_usage_errors(tmp_path):
+    tiny = write_image_folder(tmp_path / "tiny", count=2, resolution=4)
+    _, err = _usage_error(data=tiny)
+    assert err == f"--data: the images of {tiny} are 4x4; training needs at least 8x8"
+    rgba = tmp_path / "rgba"
+    os.makedirs(rgba)
+    for idx in range(2):
+        PIL.Image.fromarray(np.zeros([16, 16, 4], np.uint8)).save(rgba / f"{idx}.png")
+    _, err = _usage_error(data=str(rgba))
+    assert err == f"--data: the images of {rgba} have 4 channels; training needs 1 (grayscale) or 3 (RGB)"
+
+
+def _usage_error(**kwargs):
+    with pytest.raises(train.UserError) as info:
+        train.setup_training_loop_kwargs(metrics=[], **kwargs)
+    return info, str(info.value)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Pieces of the training loop.
+
+
+@pytest.mark.parametrize(
+    "kimg_per_tick, cur_nimg, expected",
+    [(4, 4032, "000004"), (1, 999, "000000"), (1.5, 123456, "000123"), (0.25, 252, "000000.252"),
+     (0.5, 1000, "000001.000"), (0.012, 16, "000000.016")],
+)  # fmt: skip
+def test_file_names_carry_fractions_only_for_ticks_under_a_kimg(tmp_path, kimg_per_tick, cur_nimg, expected):
+    run = training_loop.TrainingRun(
+        training_loop.make_options(device="cpu", run_dir=str(tmp_path), kimg_per_tick=kimg_per_tick)
+    )
+    run.cur_nimg = cur_nimg
+    assert run._kimg_in_names() == expected
 
 
 def test_nonfinite_gradients_are_reported_with_phase_and_kimg(tmp_path, capsys):

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 from training import training_loop
 
 WORLD_SIZE = 2
-SNAPSHOT = "network-snapshot-000000.pkl"
+SNAPSHOT_4, SNAPSHOT_8 = "network-snapshot-000000.004.pkl", "network-snapshot-000000.008.pkl"  # ticks < 1 kimg
 
 
 def per_rank_gradients(rank: int) -> list[torch.Tensor | None]:
@@ -110,7 +110,8 @@ def test_train_two_processes_on_cpu(tmp_path):
     # The losses of both processes are merged: 4 fake scores per iteration from 2 x 2 samples.
     assert [entry["Loss/G/loss"]["num"] for entry in stats] == [4, 4]
     assert [entry["Progress/tick"]["num"] for entry in stats] == [1, 1]  # report0: only rank 0 contributes.
-    with open(run_dir / "network-snapshot-000000.pkl", "rb") as f:
+    assert (run_dir / SNAPSHOT_4).is_file()
+    with open(run_dir / SNAPSHOT_8, "rb") as f:
         snapshot = pickle.load(f)
     state = snapshot["resume_state"]
     assert (state["cur_nimg"], state["batch_idx"], len(state["rng"]), len(state["pl_mean"])) == (8, 2, 2, 2)
@@ -120,12 +121,12 @@ def test_train_two_processes_on_cpu(tmp_path):
     # The first iteration alone, then resumed for the second: the same weights, bit for bit, on both ranks.
     first_part = run_two_processes(tmp_path / "first", data, "--kimg=0.004")
     continued = run_two_processes(
-        tmp_path / "continued", data, "--kimg=0.008", f"--resume={os.path.join(first_part, SNAPSHOT)}"
+        tmp_path / "continued", data, "--kimg=0.008", f"--resume={os.path.join(first_part, SNAPSHOT_4)}"
     )
     with open(os.path.join(continued, "log.txt")) as f:
         log = f.read()
     assert "Continuing the earlier run at kimg 0.004, tick 1." in log
-    with open(os.path.join(continued, SNAPSHOT), "rb") as f:
+    with open(os.path.join(continued, SNAPSHOT_8), "rb") as f:
         resumed = pickle.load(f)
     for key in ["G", "D", "G_ema"]:
         expected, actual = snapshot[key].state_dict(), resumed[key].state_dict()

@@ -30,7 +30,7 @@ NUM_TICKS = 2  # --kimg=0.008 with ticks of 0.004 kimg and batches of 4: one ite
 TINY_OPTIONS = ["--cbase=256", "--cmax=32", "--map=2", "--batch=4", "--workers=1", "--fp32=1"]
 # paper256 has no EMA ramp-up (ema_kimg 20), so G_ema stays well apart from G and evaluating the wrong one shows.
 RUN_OPTIONS = TINY_OPTIONS + ["--cfg=paper256", "--kimg=0.008", "--tick=0.004", "--snap=1", "--aug=ada", "--seed=3"]
-SNAPSHOT = "network-snapshot-000000.pkl"  # cur_nimg // 1000 stays 0, so every snapshot rewrites this file.
+SNAPSHOTS = ["network-snapshot-000000.004.pkl", "network-snapshot-000000.008.pkl"]  # ticks < 1 kimg: nnnnnn.nnn
 RECORD_KEYS = ["results", "metric", "total_time", "total_time_str", "num_gpus", "snapshot_pkl", "timestamp"]
 
 
@@ -82,7 +82,7 @@ def read_text(run_dir: str, name: str) -> str:
 
 
 def load_snapshot(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, SNAPSHOT), "rb") as f:
+    with open(os.path.join(run_dir, SNAPSHOTS[-1]), "rb") as f:
         return pickle.load(f)
 
 
@@ -107,6 +107,7 @@ def test_every_snapshot_is_evaluated_and_reported(runs):
     jsonl_lines = read_text(run_dir, f"metric-{METRIC}.jsonl").splitlines()
     assert jsonl_lines == printed
     records = [json.loads(line) for line in jsonl_lines]
+    assert [record["snapshot_pkl"] for record in records] == SNAPSHOTS  # Relative to the run directory.
     for record in records:
         assert list(record) == RECORD_KEYS
         assert list(record["results"]) == [METRIC]
@@ -114,7 +115,6 @@ def test_every_snapshot_is_evaluated_and_reported(runs):
         assert record["metric"] == METRIC
         assert record["total_time_str"] == dnnlib.util.format_time(record["total_time"])
         assert record["num_gpus"] == 1
-        assert record["snapshot_pkl"] == SNAPSHOT  # Relative to the run directory, naming a file that exists.
         assert os.path.isfile(os.path.join(run_dir, record["snapshot_pkl"]))
     assert records[0]["timestamp"] < records[1]["timestamp"]
     assert records[0]["results"] != records[1]["results"], "each snapshot's own G_ema is evaluated"

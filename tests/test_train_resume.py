@@ -22,7 +22,11 @@ RUN_OPTIONS = [
     "--cbase=256", "--cmax=32", "--map=2", "--batch=4", "--workers=1", "--metrics=none", "--fp32=1", "--aug=ada",
     "--snap=1", "--kimg=0.052", "--tick=0.016",
 ]  # fmt: skip
-SNAPSHOT = "network-snapshot-000000.pkl"  # Every snapshot of these short runs has this name (cur_nimg // 1000 = 0).
+
+
+def snapshot_name(nimg: int) -> str:
+    """Ticks shorter than a kimg put the images within the kimg into the names: network-snapshot-000000.020.pkl."""
+    return f"network-snapshot-{nimg // 1000:06d}.{nimg % 1000:03d}.pkl"
 
 
 def write_image_folder(path, count: int, resolution: int, seed: int = 0) -> str:
@@ -108,10 +112,11 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
     killed = os.path.join(tmp_path / "b", killed_name)
     assert len(stats_lines(killed)) == 2, "the kill came too late: tick 2 had already finished"
     assert not [name for name in os.listdir(killed) if name.endswith(".tmp")], "a torn temporary file was left"
-    resume_from = load_snapshot(os.path.join(killed, SNAPSHOT))
+    assert os.path.isfile(os.path.join(killed, snapshot_name(4))), "tick 0's snapshot must not be overwritten"
+    resume_from = load_snapshot(os.path.join(killed, snapshot_name(20)))
     assert (resume_from["resume_state"]["cur_nimg"], resume_from["resume_state"]["cur_tick"]) == (20, 2)
 
-    resumed = run_to_end(tmp_path / "c", data16, f"--resume={os.path.join(killed, SNAPSHOT)}")
+    resumed = run_to_end(tmp_path / "c", data16, f"--resume={os.path.join(killed, snapshot_name(20))}")
     assert resumed.endswith("-resumecustom")
     with open(os.path.join(resumed, "log.txt")) as f:
         log = f.read()
@@ -120,11 +125,11 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
     assert [line.split()[1] for line in log.splitlines() if line.startswith("tick ")] == ["2", "3"]
     assert [entry["Progress/tick"]["mean"] for entry in stats_lines(resumed)] == [2, 3]
     assert [entry["Progress/tick"]["mean"] for entry in stats_lines(uninterrupted)] == [0, 1, 2, 3]
-    for name in ["reals.png", "fakes_init.png", "fakes000000.png"]:
+    for name in ["reals.png", "fakes_init.png", "fakes000000.036.png", "fakes000000.052.png"]:
         assert os.path.exists(os.path.join(resumed, name)), name
 
-    expected = load_snapshot(os.path.join(uninterrupted, SNAPSHOT))
-    actual = load_snapshot(os.path.join(resumed, SNAPSHOT))
+    expected = load_snapshot(os.path.join(uninterrupted, snapshot_name(52)))
+    actual = load_snapshot(os.path.join(resumed, snapshot_name(52)))
     for key in ["G", "D", "G_ema"]:
         assert_same_tensors(actual[key].state_dict(), expected[key].state_dict(), key)
     assert_same_tensors(actual["augment_pipe"].p, expected["augment_pipe"].p, "augment_pipe.p")
@@ -152,13 +157,13 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
     with open(os.path.join(transfer, "training_options.json")) as f:
         options = json.load(f)
     assert (options["ada_kimg"], options["ema_rampup"]) == (100, None)
-    assert load_snapshot(os.path.join(transfer, SNAPSHOT))["resume_state"]["cur_nimg"] == 4
+    assert load_snapshot(os.path.join(transfer, snapshot_name(4)))["resume_state"]["cur_nimg"] == 4
 
 
 def test_changed_structure_falls_back_and_fixed_p_is_kept(tmp_path, data16):
     # Any positive --kimg trains at least one iteration (0.0001 kimg rounds to 0 images).
     first = run_to_end(tmp_path / "a", data16, "--kimg=0.0001")
-    snapshot_path = os.path.join(first, SNAPSHOT)
+    snapshot_path = os.path.join(first, snapshot_name(4))
     snapshot = load_snapshot(snapshot_path)
     assert snapshot["resume_state"]["cur_nimg"] == 4
 
@@ -181,4 +186,4 @@ def test_changed_structure_falls_back_and_fixed_p_is_kept(tmp_path, data16):
     fixed = run_to_end(tmp_path / "c", data16, f"--resume={snapshot_path}", "--aug=fixed", "--p=0.25", "--kimg=0.008")
     with open(os.path.join(fixed, "log.txt")) as f:
         assert "Continuing the earlier run at kimg 0.004, tick 1." in f.read()
-    assert float(load_snapshot(os.path.join(fixed, SNAPSHOT))["augment_pipe"].p) == 0.25
+    assert float(load_snapshot(os.path.join(fixed, snapshot_name(8)))["augment_pipe"].p) == 0.25

@@ -53,6 +53,10 @@ EXACT_RESUME_KEYS = (
 CONTINUED_SCHEDULE_KEYS = ("ema_rampup", "ada_kimg")
 
 
+class ResumeError(ValueError):
+    """The --resume pickle does not fit the networks of this run."""
+
+
 def sync_gradients(params: list[torch.nn.Parameter], num_gpus: int) -> None:
     """Average the gradients of `params` over all processes with one all-reduce, then make them finite in place.
 
@@ -341,7 +345,26 @@ class TrainingRun:
 
     def _copy_resume_weights(self):
         for name, net in [("G", self.G), ("D", self.D), ("G_ema", self.G_ema)]:
-            misc.copy_params_and_buffers(self.resume_data[name], net, require_all=False)
+            source = self.resume_data[name]
+            if not isinstance(source, torch.nn.Module):
+                raise ResumeError(f"--resume {self.o.resume_pkl}: '{name}' is a {type(source).__name__}, not a network")
+            # copy_() would broadcast some mismatched shapes silently and fail cryptically on others.
+            source_shapes = {key: tuple(t.shape) for key, t in misc.named_params_and_buffers(source)}
+            for key, tensor in misc.named_params_and_buffers(net):
+                if key in source_shapes and source_shapes[key] != tuple(tensor.shape):
+                    raise ResumeError(
+                        f"--resume {self.o.resume_pkl}: {name}.{key} has shape {list(source_shapes[key])} in the "
+                        f"pickle but {list(tensor.shape)} in this run; the network options (--cfg, --cbase, --cmax, "
+                        "--map) or the dataset's labels/channels differ from the pickle's"
+                    )
+            misc.copy_params_and_buffers(source, net, require_all=False)
+            names = [key for key, _ in misc.named_params_and_buffers(net)]
+            missing = [key for key in names if key not in source_shapes]
+            if missing and self.resume_state is None:
+                self.log(
+                    f"  {name}: {len(names) - len(missing)} of {len(names)} tensors taken from the pickle; the others "
+                    f"(e.g. {missing[0]}) keep their initial values."
+                )
 
     def _setup_augmentation(self):
         o = self.o
@@ -450,6 +473,13 @@ class TrainingRun:
 
     def _path(self, name: str) -> str:
         return os.path.join(self.o.run_dir, name)
+
+    def _kimg_in_names(self) -> str:
+        """The progress in snapshot and image file names: whole kimg (NNNNNN) as in the reference, and with the
+        images within the kimg as decimals (NNNNNN.nnn) when ticks are shorter than a kimg, which would otherwise
+        give several snapshots the same name."""
+        whole = f"{self.cur_nimg // 1000:06d}"
+        return f"{whole}.{self.cur_nimg % 1000:03d}" if self.o.kimg_per_tick < 1 else whole
 
     def _render_grid(self) -> np.ndarray:
         """G_ema on the fixed grid latents, constant noise: float32 [N, C, H, W] on the CPU."""
@@ -611,7 +641,7 @@ class TrainingRun:
                 net = copy.deepcopy(net).eval().requires_grad_(False).cpu()
             snapshot[name] = net
         record = self._resume_record()
-        path = self._path(f"network-snapshot-{self.cur_nimg // 1000:06d}.pkl")
+        path = self._path(f"network-snapshot-{self._kimg_in_names()}.pkl")
         if self.is_main:
             atomic_pickle(path, dict(snapshot, resume_state=record))
         return path, snapshot
@@ -672,7 +702,7 @@ class TrainingRun:
 
         due = lambda interval: interval is not None and (done or self.cur_tick % interval == 0)  # noqa: E731
         if self.is_main and due(o.image_snapshot_ticks):
-            name = f"fakes{self.cur_nimg // 1000:06d}.png"
+            name = f"fakes{self._kimg_in_names()}.png"
             save_image_grid(self._render_grid(), self._path(name), (-1, 1), self.grid_shape)
         if due(o.network_snapshot_ticks):
             snapshot_pkl, snapshot = self._write_snapshot()
