@@ -10,6 +10,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+import dnnlib
 from generate import default_device, load_generator, make_outdir
 from metrics import metric_utils
 from torch_utils import misc
@@ -278,13 +279,16 @@ def run_projection(network_pkl: str, target_fname: str, outdir: str, save_video:
     target_uint8 = prepare_target(target_pil, G.img_resolution)
 
     start_time = time.perf_counter()
-    projected_w_steps = project(
-        G,
-        target=torch.tensor(target_uint8.transpose([2, 0, 1]), device=device),
-        num_steps=num_steps,
-        device=device,
-        verbose=True,
-    )
+    try:
+        projected_w_steps = project(
+            G,
+            target=torch.tensor(target_uint8.transpose([2, 0, 1]), device=device),
+            num_steps=num_steps,
+            device=device,
+            verbose=True,
+        )
+    except dnnlib.util.DownloadError as err:  # VGG16, offline: the message says where to put the file.
+        raise click.ClickException(str(err)) from err
     print(f"Elapsed: {(time.perf_counter() - start_time):.1f} s")
 
     if save_video:

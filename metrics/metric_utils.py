@@ -107,7 +107,7 @@ def _open_detector(url, verbose):
     try:
         return dnnlib.util.open_url(url, verbose=verbose)
     except Exception as err:
-        raise OSError(
+        raise dnnlib.util.DownloadError(  # An OSError; the command lines print its message alone.
             f"Could not load feature detector {get_feature_detector_name(url)!r}: downloading {url} failed "
             f"({type(err).__name__}: {err}) and no local copy was found in {' or '.join(search_dirs)}. "
             f"Fetch {url} by hand and save it as {os.path.join(search_dirs[0], file_name)}"

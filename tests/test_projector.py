@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import dnnlib
 import projector
 from metrics import metric_utils
 
@@ -475,3 +476,22 @@ def test_cli_outdir_is_checked_before_the_network_is_loaded(env, tmp_path):
     result = CliRunner().invoke(projector.run_projection, [str(a) for a in args])
     assert result.exit_code == 1 and f"Error: Cannot read network pickle {missing}: " in result.stderr
     assert outdir.is_dir()
+
+
+def test_cli_offline_vgg16_is_one_line_error(env, tmp_path, monkeypatch):
+    """No local VGG16 and no network: the download error (which says where to put the file) without a traceback."""
+    monkeypatch.setenv(metric_utils.DETECTOR_DIR_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv("DNNLIB_CACHE_DIR", str(tmp_path / "cache"))
+
+    real_open_url = dnnlib.util.open_url
+
+    def offline(url, *args, **kwargs):
+        if not dnnlib.util.is_url(url):
+            return real_open_url(url, *args, **kwargs)
+        raise dnnlib.util.DownloadError(f"Cannot download {url}: offline (simulated)")
+
+    monkeypatch.setattr(metric_utils.dnnlib.util, "open_url", offline)
+    args = ["--network", env["pkl"], "--target", env["target_png"], "--num-steps", "1", "--outdir", tmp_path / "o"]
+    result = CliRunner().invoke(projector.run_projection, [str(a) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Error: Could not load feature detector 'vgg16': downloading https://" in result.output
