@@ -146,6 +146,17 @@ def test_png_decoders_agree(tmp_path, monkeypatch, use_pyspng):
     np.testing.assert_array_equal(ds_gray[0][0], to_chw(gray_pixels["g.png"]))
 
 
+def test_gray_alpha_png_decodes_where_pyspng_refuses(tmp_path):
+    """pyspng cannot decode gray+alpha PNGs; Pillow then decodes them, so the problem reported is the channel
+    count (train.py: 1 or 3 needed), not a corrupt file."""
+    pixels = np.random.RandomState(5).randint(0, 256, size=[8, 8, 2]).astype(np.uint8)
+    ds = ImageFolderDataset(
+        write_zip(tmp_path / "la.zip", {"a.png": encode_image(PIL.Image.fromarray(pixels, "LA"), "PNG")})
+    )
+    assert ds.image_shape == [2, 8, 8]
+    np.testing.assert_array_equal(ds[0][0], to_chw(pixels))
+
+
 def palette_image(seed, size=8, colours=16):
     """A Pillow 'P' image with `colours` random palette entries; its indices (< colours) are not its colours."""
     rng = np.random.RandomState(seed)

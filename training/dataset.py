@@ -367,10 +367,14 @@ class ImageFolderDataset(Dataset):
     def _decode_image(self, fname):
         """Decode and check one file; returns uint8 `[C, H, W]` with a square power-of-two H == W."""
         data = self._read_file(fname)
-        try:
-            if pyspng is not None and _file_ext(fname) == ".png":
+        image = None
+        if pyspng is not None and _file_ext(fname) == ".png":
+            try:
                 image = pyspng.load(data)
-            else:
+            except Exception:
+                pass  # pyspng rejects some valid PNGs (e.g. gray+alpha); Pillow has the final say.
+        try:
+            if image is None:
                 with PIL.Image.open(io.BytesIO(data)) as pil_image:
                     if pil_image.mode in _PALETTE_MODES:
                         # Palette indices are not intensities; expand to colours as pyspng does for PNGs.
