@@ -127,15 +127,11 @@ def _dataset_options(
 
 def _check_dataset(ctx: click.Context, options: dict, G: torch.nn.Module, source: str) -> None:
     """Open the real images once, so that a missing, malformed or mismatched dataset is a usage error."""
-    dataset = None
     try:
-        dataset = dnnlib.util.construct_class_by_name(**options)
-        label_dim = dataset.label_dim if G.c_dim != 0 else 0
+        with dnnlib.util.construct_class_by_name(**options) as dataset:
+            label_dim = dataset.label_dim if G.c_dim != 0 else 0
     except (OSError, ValueError) as err:
         ctx.fail(f"{source}: {err}")
-    finally:
-        if dataset is not None:
-            dataset.close()
     if label_dim != G.c_dim:
         ctx.fail(
             f"{source}: the network is conditional with {G.c_dim} classes, but {options['path']} has "

@@ -162,16 +162,14 @@ class _DatasetFacts(typing.NamedTuple):
 def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
     """Open the dataset once for its name, resolution, labels and size; unreadable or malformed data is a usage
     error whose message (from the dataset module) names the file and the problem."""
-    dataset = None
     try:
-        dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
-        # The labels are read lazily, so has_labels can fail too.
-        facts = _DatasetFacts(dataset.name, dataset.resolution, dataset.num_channels, dataset.has_labels, len(dataset))
+        with dnnlib.util.construct_class_by_name(**dataset_kwargs) as dataset:
+            # The labels are read lazily, so has_labels can fail too.
+            facts = _DatasetFacts(
+                dataset.name, dataset.resolution, dataset.num_channels, dataset.has_labels, len(dataset)
+            )
     except (OSError, ValueError) as err:
         raise UserError(f"--data: {err}") from err
-    finally:
-        if dataset is not None:
-            dataset.close()
     path = dataset_kwargs["path"]
     # The networks need at least two resolution levels; the image grids and PNGs need grayscale or RGB.
     _require(
@@ -613,9 +611,7 @@ def _report_run_errors():
         yield
     except DatasetError as err:
         raise click.ClickException(f"--data: {err}") from err
-    except (training_loop.ResumeError, legacy.UnsupportedPickleError) as err:
-        raise click.ClickException(str(err)) from err
-    except dnnlib.util.DownloadError as err:
+    except (training_loop.ResumeError, legacy.UnsupportedPickleError, dnnlib.util.DownloadError) as err:
         raise click.ClickException(str(err)) from err
 
 

@@ -114,6 +114,12 @@ class Dataset(torch.utils.data.Dataset):
     def close(self):
         """Release resources held by the subclass (no-op here)."""
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
     def _load_raw_image(self, raw_idx):
         """Subclass hook: uint8 `[C, H, W]` array of raw image `raw_idx`."""
         raise NotImplementedError

@@ -350,7 +350,8 @@ class TrainingRun:
                 raise ResumeError(f"--resume {self.o.resume_pkl}: '{name}' is a {type(source).__name__}, not a network")
             # copy_() would broadcast some mismatched shapes silently and fail cryptically on others.
             source_shapes = {key: tuple(t.shape) for key, t in misc.named_params_and_buffers(source)}
-            for key, tensor in misc.named_params_and_buffers(net):
+            targets = list(misc.named_params_and_buffers(net))
+            for key, tensor in targets:
                 if key in source_shapes and source_shapes[key] != tuple(tensor.shape):
                     raise ResumeError(
                         f"--resume {self.o.resume_pkl}: {name}.{key} has shape {list(source_shapes[key])} in the "
@@ -358,12 +359,11 @@ class TrainingRun:
                         "--map) or the dataset's labels/channels differ from the pickle's"
                     )
             misc.copy_params_and_buffers(source, net, require_all=False)
-            names = [key for key, _ in misc.named_params_and_buffers(net)]
-            missing = [key for key in names if key not in source_shapes]
+            missing = [key for key, _ in targets if key not in source_shapes]
             if missing and self.resume_state is None:
                 self.log(
-                    f"  {name}: {len(names) - len(missing)} of {len(names)} tensors taken from the pickle; the others "
-                    f"(e.g. {missing[0]}) keep their initial values."
+                    f"  {name}: {len(targets) - len(missing)} of {len(targets)} tensors taken from the pickle; the "
+                    f"others (e.g. {missing[0]}) keep their initial values."
                 )
 
     def _setup_augmentation(self):
