@@ -228,3 +228,14 @@ def test_cuda_matches_reference_with_debug_percentile(case):
     images = torch.from_numpy(VEC[args["input"]]).cuda()
     out = pipe(images, debug_percentile=args["debug_percentile"])
     assert_close(out.cpu(), VEC[f"{case}.out"], OUT_ATOL, name=f"{case}.out (cuda)")
+
+
+def test_full_convolution_matches_numpy_up_to_rounding():
+    rng = np.random.default_rng(5)
+    for lengths in [(1, 7), (7, 1), (13, 7), (4, 4), (43, 7)]:
+        x, h = rng.standard_normal(lengths[0]), rng.standard_normal(lengths[1])
+        ours = augment._full_convolution(x, h)
+        assert ours.shape == (sum(lengths) - 1,)
+        np.testing.assert_allclose(ours, np.convolve(x, h), rtol=1e-12, atol=1e-15)
+    # One rounding keeps the residue of 0.1 * 10; rounding the product first gives 0.1 * 10 - 1 == 0.
+    assert augment._fma(0.1, 10.0, -1.0) == 5.551115123125783e-17

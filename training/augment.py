@@ -6,6 +6,7 @@ Seeded calls reproduce the reference exactly because the random draws are made w
 order (spec training.md §2.5); see `AugmentPipe.forward` for the stage order.
 """
 
+import fractions
 import math
 
 import numpy as np
@@ -91,22 +92,47 @@ AUGPIPE_SPECS = {name: _preset_kwargs(groups) for name, groups in _PRESET_RECIPE
 # Filter construction.
 
 
+def _fma(a: float, b: float, c: float) -> float:
+    """a * b + c rounded once (a fused multiply-add), exactly, on any CPU and Python version."""
+    return float(fractions.Fraction(a) * fractions.Fraction(b) + fractions.Fraction(c))
+
+
+def _full_convolution(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """`np.convolve(x, h)` (float64, 'full' mode) with a fixed order of operations.
+
+    Every output tap is accumulated from the lowest index of the longer input upwards with fused multiply-adds,
+    which is what the BLAS kernel behind the reference's `np.convolve` computed. NumPy's own result depends on
+    which BLAS kernel the CPU selects (AVX-512 and AVX2 kernels differ in the last bits of the filter bank's
+    residues), so it cannot be relied upon for a bit-exact buffer.
+    """
+    long, short = (x, h) if x.size >= h.size else (h, x)
+    long, short = [float(v) for v in long], [float(v) for v in short]
+    out = np.zeros(len(long) + len(short) - 1, dtype=np.float64)
+    for k in range(out.size):
+        acc = 0.0
+        for i in range(max(0, k - len(short) + 1), min(len(long), k + 1)):
+            acc = _fma(long[i], short[k - i], acc)
+        out[k] = acc
+    return out
+
+
 def build_filter_bank() -> np.ndarray:
     """Build the image-space filter bank `Hz_fbank` as float32 [4, 43] (spec training.md §2.2).
 
     Row 0 is a low-pass filter, rows 1-3 are band-pass filters of decreasing frequency; the float64 construction is
-    kept (rather than a table of values) so that the tiny residues match the reference bit for bit.
+    kept (rather than a table of values), with a convolution of fixed rounding, so that the tiny residues match the
+    reference bit for bit.
     """
     h_lo = np.asarray(SYM2, dtype=np.float64)
     h_hi = h_lo * ((-1.0) ** np.arange(h_lo.size))
-    a_lo = np.convolve(h_lo, h_lo[::-1]) / 2
-    a_hi = np.convolve(h_hi, h_hi[::-1]) / 2
+    a_lo = _full_convolution(h_lo, h_lo[::-1]) / 2
+    a_hi = _full_convolution(h_hi, h_hi[::-1]) / 2
     bank = np.zeros([FBANK_LEVELS + 1, 1], dtype=np.float64)
     bank[0, 0] = 1
     for level in range(1, FBANK_LEVELS + 1):
         stuffed = np.zeros([bank.shape[0], bank.shape[1] * 2 - 1], dtype=np.float64)
         stuffed[:, ::2] = bank
-        bank = np.stack([np.convolve(row, a_lo) for row in stuffed])
+        bank = np.stack([_full_convolution(row, a_lo) for row in stuffed])
         start = (bank.shape[1] - a_hi.size) // 2
         bank[level, start : start + a_hi.size] += a_hi
     return bank.astype(np.float32)
