@@ -15,12 +15,11 @@ import click
 import torch
 
 import dnnlib
-import legacy
 from dnnlib import cli
 from metrics import metric_main
 from torch_utils import custom_ops, training_stats
 from torch_utils.launch import default_device, run_processes, spawned_process_group
-from training import training_loop
+from training import pickles, training_loop
 from training.augment import AUGPIPE_SPECS
 from training.dataset import DatasetError
 
@@ -611,7 +610,7 @@ def _report_run_errors():
         yield
     except DatasetError as err:
         raise click.ClickException(f"--data: {err}") from err
-    except (training_loop.ResumeError, legacy.UnsupportedPickleError, dnnlib.util.DownloadError) as err:
+    except (training_loop.ResumeError, pickles.UnsupportedPickleError, dnnlib.util.DownloadError) as err:
         raise click.ClickException(str(err)) from err
 
 

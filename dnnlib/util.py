@@ -16,10 +16,11 @@ import shutil
 import sys
 import tempfile
 import urllib.parse
-import uuid
 
 import numpy as np
 import requests
+
+from dnnlib import atomic
 
 # ----------------------------------------------------------------------------
 # EasyDict
@@ -520,7 +521,12 @@ def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename
         cache_dir = make_cache_dir_path("downloads")
     url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
     if cache:
-        cache_files = glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + "_*"))
+        # A download in progress elsewhere is a `.tmp` file next to the finished ones; it never counts.
+        cache_files = [
+            name
+            for name in glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + "_*"))
+            if not name.endswith(".tmp")
+        ]
         if len(cache_files) == 1:
             filename = cache_files[0]
             return filename if return_filename else open(filename, "rb")
@@ -535,11 +541,8 @@ def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename
     if cache:
         safe_name = _safe_file_name(url_name)
         cache_file = os.path.join(cache_dir, url_md5 + "_" + safe_name)
-        temp_file = os.path.join(cache_dir, "tmp_" + uuid.uuid4().hex + "_" + url_md5 + "_" + safe_name)
         os.makedirs(cache_dir, exist_ok=True)
-        with open(temp_file, "wb") as f:
-            f.write(url_data)
-        os.replace(temp_file, cache_file)
+        atomic.atomic_write_bytes(cache_file, url_data)
         if return_filename:
             return cache_file
 

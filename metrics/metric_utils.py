@@ -18,6 +18,8 @@ import torch
 import tqdm
 
 import dnnlib
+from torch_utils import misc
+from torch_utils.images import generator_to_uint8
 from torch_utils.launch import default_device
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -142,22 +144,6 @@ def get_feature_detector(url, device=_CPU, num_gpus=1, rank=0, verbose=False):
 # Feature statistics.
 
 
-def gather_from_ranks(x, num_gpus):
-    """Every process's tensor `x` (equal shapes on all of them), as a list in rank order.
-
-    Each process broadcasts its own `x` in turn (source 0, 1, ...); with a single process this is just `[x]`.
-    """
-    if num_gpus == 1:
-        return [x]
-
-    def receive(src):
-        buf = x.clone()
-        torch.distributed.broadcast(buf, src=src)
-        return buf
-
-    return [receive(src) for src in range(num_gpus)]
-
-
 class FeatureStats:
     """Accumulates detector outputs `[n, F]`: all rows (`capture_all`) and/or running sums for mean and covariance.
 
@@ -219,7 +205,7 @@ class FeatureStats:
         """Add a torch tensor `[n, F]`; with several processes the rows of all of them are interleaved."""
         assert isinstance(x, torch.Tensor) and x.ndim == 2, "features must be a 2-D torch tensor [n, F]"
         assert 0 <= rank < num_gpus, f"rank must satisfy 0 <= rank < num_gpus, got rank={rank}, num_gpus={num_gpus}"
-        per_rank = gather_from_ranks(x, num_gpus)
+        per_rank = misc.gather_from_ranks(x, num_gpus)
         # [n, num_gpus, F] -> rows p0[0], p1[0], ..., p0[1], p1[1], ...: the global order of sharded datasets.
         interleaved = torch.stack(per_rank, dim=1).flatten(0, 1)
         self.append(interleaved.detach().cpu().numpy())
@@ -448,30 +434,13 @@ def compute_feature_stats_for_dataset(
     return stats
 
 
-def generated_to_uint8(img):
-    """Generator range [-1, 1] -> uint8 [0, 255]: `x*127.5 + 128`, clamped, truncated (= round half up)."""
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-
-
-def sample_labels(dataset, batch, device):
-    """Labels of `batch` random dataset items (global numpy RNG, one `randint` per item) as float32 `[batch, c_dim]`.
-
-    Drawn even for unconditional networks (zero-width labels) so that the numpy RNG stream matches the reference.
-    """
-    c = [dataset.get_label(np.random.randint(len(dataset))) for _ in range(batch)]
-    c = torch.from_numpy(np.stack(c))
-    if torch.device(device).type == "cuda":
-        c = c.pin_memory()
-    return c.to(device)
-
-
 def compute_feature_stats_for_generator(
     opts, detector_url, detector_kwargs, rel_lo=0, rel_hi=1, batch_size=64, batch_gen=None, jit=False, **stats_kwargs
 ):
     """Detector statistics over exactly `stats_kwargs['max_items']` freshly generated images (ψ = 1, random noise).
 
     Random draws per detector batch, for each of its `batch_size // batch_gen` generator calls: z from the torch RNG
-    on `opts.device`, then the labels from the global numpy RNG (`sample_labels`), then the generator's own noise.
+    on `opts.device`, then the labels from the global numpy RNG (`misc.sample_labels`), then the generator's own noise.
     """
     batch_gen = min(batch_size, 4) if batch_gen is None else batch_gen
     assert batch_size % batch_gen == 0, f"batch_size ({batch_size}) must be divisible by batch_gen ({batch_gen})"
@@ -483,7 +452,7 @@ def compute_feature_stats_for_generator(
 
     def synthesize(z, c):
         """`[batch_gen, z_dim]`, `[batch_gen, c_dim]` -> uint8 images `[batch_gen, C, R, R]`."""
-        return generated_to_uint8(generator(z=z, c=c, **opts.G_kwargs))
+        return generator_to_uint8(generator(z=z, c=c, **opts.G_kwargs))
 
     if jit:
         example_inputs = [
@@ -500,7 +469,7 @@ def compute_feature_stats_for_generator(
 
     def generator_call():
         z = torch.randn([batch_gen, generator.z_dim], device=opts.device)  # Drawn before the labels.
-        return synthesize(z, sample_labels(label_source, batch_gen, opts.device))
+        return synthesize(z, misc.sample_labels(label_source, batch_gen, opts.device))
 
     while not stats.is_full():
         images = torch.cat([generator_call() for _ in range(batch_size // batch_gen)])

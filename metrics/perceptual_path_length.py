@@ -8,6 +8,7 @@ import torch
 
 import dnnlib
 from metrics import metric_utils
+from torch_utils import misc
 
 LPIPS_KWARGS = dict(resize_images=False, return_lpips=True)
 LPIPS_MAX_RES = 256  # Images are box-down-sampled by R // 256 before LPIPS.
@@ -107,8 +108,8 @@ def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size, j
     progress = opts.progress.sub(tag="ppl sampling", num_items=num_samples)
     for done in range(0, num_samples, batch_size * opts.num_gpus):
         progress.update(done)
-        labels = metric_utils.sample_labels(dataset, batch_size, opts.device)
-        samples += metric_utils.gather_from_ranks(sampler(labels), opts.num_gpus)
+        labels = misc.sample_labels(dataset, batch_size, opts.device)
+        samples += misc.gather_from_ranks(sampler(labels), opts.num_gpus)
     progress.update(num_samples)
 
     if opts.rank != 0:

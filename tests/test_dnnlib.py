@@ -393,6 +393,16 @@ def test_open_url_cache_hit_does_not_download(tmp_path, fake_http):
     assert calls == []
 
 
+def test_open_url_cache_ignores_a_partial_download(tmp_path, fake_http):
+    """A `.tmp` file left by a download killed midway (or still running elsewhere) is not a cached copy."""
+    calls, _responses = fake_http
+    (tmp_path / f"{URL_MD5}_whatever.pkl.1a2b3c.tmp").write_bytes(b"half")
+    cached = tmp_path / f"{URL_MD5}_whatever.pkl"
+    cached.write_bytes(b"cached")
+    assert util.open_url(URL, cache_dir=str(tmp_path), return_filename=True) == str(cached)
+    assert calls == []
+
+
 def test_open_url_offline_error_names_cache_path(tmp_path, fake_http, monkeypatch, capsys):
     calls, responses = fake_http
     responses += [requests.ConnectionError("no route to host")] * 3

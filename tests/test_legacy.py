@@ -16,6 +16,7 @@ from click.testing import CliRunner
 import dnnlib
 import legacy
 from torch_utils import persistence
+from training import pickles, tf_conversion
 
 # Network source as it would be embedded in a snapshot: it exists nowhere on disk, so loading must execute it.
 EMBEDDED_SRC = textwrap.dedent(
@@ -372,7 +373,7 @@ def test_force_fp16_keeps_networks_that_already_match():
     )
     unpickled = {}
 
-    class Spy(legacy._LegacyUnpickler):
+    class Spy(pickles._LegacyUnpickler):
         def load(self):
             obj = super().load()
             unpickled.update(obj)
@@ -381,7 +382,7 @@ def test_force_fp16_keeps_networks_that_already_match():
     result = legacy.load_network_pkl(io.BytesIO(data), force_fp16=True)
     assert result["G"].synthesis.conv_clamp == 256
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(legacy, "_LegacyUnpickler", Spy)
+        mp.setattr(pickles, "_LegacyUnpickler", Spy)
         result = legacy.load_network_pkl(io.BytesIO(data), force_fp16=True)
     for key in ("G", "D", "G_ema"):
         assert result[key] is unpickled[key]
@@ -446,8 +447,8 @@ def tf_network_class(monkeypatch):
 def test_legacy_unpickler_maps_tf_network_to_stub(tf_network_class):
     data = pickle.dumps(tf_network_class("D", 5), protocol=2)
     del sys.modules["dnnlib.tflib.network"], sys.modules["dnnlib.tflib"]
-    stub = legacy._LegacyUnpickler(io.BytesIO(data)).load()
-    assert isinstance(stub, legacy._TFNetworkStub) and isinstance(stub, dnnlib.EasyDict)
+    stub = pickles._LegacyUnpickler(io.BytesIO(data)).load()
+    assert isinstance(stub, pickles.TFNetworkStub) and isinstance(stub, dnnlib.EasyDict)
     assert stub.version == 5 and stub.name == "D" and stub.static_kwargs == {"resolution": 4}
     assert len(stub) == 0  # fields are attributes, not items
     assert stub.variables[0][0] == "Output/bias"
@@ -510,3 +511,10 @@ def test_cli_dest_is_checked_before_loading(tmp_path):
     result = _convert("--source", good, "--dest", tmp_path / "copy.pkl")
     assert result.exit_code == 0, result.output
     assert _load_file(tmp_path / "copy.pkl")["training_set_kwargs"]["resolution"] == 4
+
+
+def test_legacy_reexports_the_package_loader_for_users_scripts():
+    assert legacy.load_network_pkl is pickles.load_network_pkl
+    assert legacy.UnsupportedPickleError is pickles.UnsupportedPickleError
+    assert legacy.convert_tf_generator is tf_conversion.convert_tf_generator
+    assert legacy.convert_tf_discriminator is tf_conversion.convert_tf_discriminator

@@ -24,7 +24,7 @@ from conftest import REPO_ROOT, assert_close
 
 import dnnlib
 import legacy
-from training import networks
+from training import networks, pickles
 
 IMG_CHANNELS = 3
 LATENT = 16  # z_dim == w_dim, as in every published network
@@ -545,8 +545,8 @@ def test_discriminator_conversion_matches_tf_formulas(d_kwargs):
 
 def _load_stub(state):
     """A single TF network state, written as a pickle and read back with the legacy unpickler."""
-    stub = legacy._LegacyUnpickler(io.BytesIO(_tf_pickle_bytes(state))).load()
-    assert isinstance(stub, legacy._TFNetworkStub)
+    stub = pickles._LegacyUnpickler(io.BytesIO(_tf_pickle_bytes(state))).load()
+    assert isinstance(stub, pickles.TFNetworkStub)
     return stub
 
 

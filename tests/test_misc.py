@@ -378,3 +378,25 @@ def test_print_module_summary_rejects_bad_arguments():
         misc.print_module_summary(_Top(), torch.ones(1))
     with pytest.raises(AssertionError):
         misc.print_module_summary(torch.jit.script(torch.nn.ReLU()), [torch.ones(1)])
+
+
+def test_sample_labels_draws_one_randint_per_item_in_order():
+    class Labels:
+        def __len__(self):
+            return 5
+
+        def get_label(self, idx):
+            return np.array([idx, -idx], dtype=np.float32)
+
+    np.random.seed(7)
+    labels = misc.sample_labels(Labels(), 4, "cpu")
+    np.random.seed(7)
+    expected = [np.random.randint(5) for _ in range(4)]
+    assert labels.dtype == torch.float32 and labels.shape == (4, 2)
+    assert labels[:, 0].tolist() == expected and labels[:, 1].tolist() == [-i for i in expected]
+
+
+def test_gather_from_ranks_single_process_is_the_value_itself():
+    value = torch.arange(3)
+    assert misc.gather_from_ranks(value, 1)[0] is value
+    assert misc.gather_from_ranks({"a": 1}, 1) == [{"a": 1}]

@@ -1,4 +1,8 @@
-"""Network pickles carry their own source: they load and run without the `training` package on the path."""
+"""Network pickles carry their own source: they load and run where the network classes are not on the path.
+
+The loading process gets `dnnlib`, `torch_utils` and the loader of `training` (`pickles`, which is what
+`legacy.load_network_pkl` is), but not the modules that define the networks, the augmentation or the loss.
+"""
 
 import copy
 import os
@@ -15,7 +19,9 @@ from conftest import REPO_ROOT
 from training import networks
 
 # Only these may be importable in the loading process: the pickled network source must be self-contained.
-RUNTIME_PATHS = ["dnnlib", "torch_utils", "legacy.py"]
+RUNTIME_PATHS = ["dnnlib", "torch_utils", "training/__init__.py", "training/pickles.py"]
+# Any of these in the loading process would mean that the pickle's own source was not enough.
+DEFINING_MODULES = ["training.networks", "training.augment", "training.loss", "training.training_loop"]
 BATCH = 2
 SUBPROCESS_TIMEOUT_S = 120
 
@@ -26,13 +32,15 @@ LOADER_SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
 
-    import legacy
+    from training import pickles
 
+    DEFINING_MODULES = {defining!r}
     torch.set_num_threads(1)
     pkl_path, inputs_path, out_path = sys.argv[1:4]
     with open(pkl_path, "rb") as f:
-        data = legacy.load_network_pkl(f)
-    assert "training" not in sys.modules, "unpickling imported the training package"
+        data = pickles.load_network_pkl(f)
+    defining = [name for name in DEFINING_MODULES if name in sys.modules]
+    assert not defining, f"unpickling imported {defining}"
     G = data["G_ema"]
     assert type(G).__name__ == "Generator", type(G).__name__
     # The persistent wrapper directly subclasses the class defined by the pickled source.
@@ -46,7 +54,7 @@ LOADER_SCRIPT = textwrap.dedent(
         logits = data["D"](img, c)
 
     with open(pkl_path, "rb") as f:
-        data16 = legacy.load_network_pkl(f, force_fp16=True)
+        data16 = pickles.load_network_pkl(f, force_fp16=True)
     G16 = data16["G_ema"]
     assert G16.init_kwargs.synthesis_kwargs.num_fp16_res == 4
     assert G16.synthesis.b32.use_fp16 and not G16.synthesis.b4.use_fp16
@@ -55,10 +63,10 @@ LOADER_SCRIPT = textwrap.dedent(
         logits16 = data16["D"](img, c)
     assert out16.dtype == torch.float32 and bool(torch.isfinite(out16).all())
     assert bool(torch.isfinite(logits16).all())
-    assert "training" not in sys.modules
+    assert not [name for name in DEFINING_MODULES if name in sys.modules]
     np.savez(out_path, out=out.numpy(), logits=logits.numpy(), out16=out16.numpy())
     """
-)
+).replace("{defining!r}", repr(DEFINING_MODULES))
 
 
 def _tiny_networks():
@@ -111,6 +119,7 @@ def test_pickle_loads_without_training_package(tmp_path):
         if os.path.isdir(src):
             shutil.copytree(src, runtime / rel, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (runtime / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, runtime / rel)
     out_path = tmp_path / "out.npz"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}

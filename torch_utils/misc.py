@@ -246,6 +246,42 @@ def _equals_rank0_copy(tensor):
     return bool((local == rank0).all())
 
 
+def gather_from_ranks(x, num_gpus):
+    """Every process's `x` as a list in rank order; every process receives the whole list (collective).
+
+    A tensor (equal shape and dtype on all processes, on the process group's device) is sent as it is, each rank
+    broadcasting its own in turn; any other picklable object is pickled. With one process this is `[x]`.
+    """
+    if num_gpus == 1:
+        return [x]
+    if isinstance(x, torch.Tensor):
+        gathered = [x.clone() for _ in range(num_gpus)]
+        for src, buf in enumerate(gathered):
+            torch.distributed.broadcast(buf, src=src)
+        return gathered
+    gathered = [None] * num_gpus
+    torch.distributed.all_gather_object(gathered, x)
+    return gathered
+
+
+# ----------------------------------------------------------------------------
+# Conditioning labels.
+
+
+def sample_labels(dataset, count, device):
+    """Labels of `count` random items of `dataset` as float32 `[count, label_dim]` on `device`.
+
+    One `np.random.randint(len(dataset))` per item, from the global NumPy RNG, in order: the training loop and
+    the metrics draw generator labels this way, and the draws are part of their reproducible random streams.
+    They are drawn even for unconditional networks (zero-width labels), which keeps the streams the same.
+    """
+    labels = [dataset.get_label(np.random.randint(len(dataset))) for _ in range(count)]
+    labels = torch.from_numpy(np.stack(labels))
+    if torch.device(device).type == "cuda":
+        labels = labels.pin_memory()
+    return labels.to(device)
+
+
 # ----------------------------------------------------------------------------
 # Module summary table.
 

@@ -3,9 +3,9 @@
 import io
 
 import numpy as np
-import PIL.Image
 
-from training.atomic import atomic_write_bytes
+from dnnlib.atomic import atomic_write_bytes
+from torch_utils.images import float_to_uint8, to_pil
 
 # The grid fills roughly an 8K canvas, within these tile-count bounds.
 GRID_CANVAS = (7680, 4320)
@@ -59,9 +59,7 @@ def select_grid_items(dataset, seed: int = 0) -> tuple[tuple[int, int], np.ndarr
 
 def grid_to_array(images: np.ndarray, value_range: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
     """Tile [cols*rows, C, H, W] images into one uint8 [rows*H, cols*W, C] array, mapping value_range to 0..255."""
-    lo, hi = value_range
-    scaled = (np.asarray(images, dtype=np.float32) - lo) * (255 / (hi - lo))
-    pixels = np.rint(scaled).clip(0, 255).astype(np.uint8)
+    pixels = float_to_uint8(images, value_range)
     cols, rows = shape
     _n, channels, height, width = pixels.shape
     assert channels in (1, 3), f"an image grid needs 1 or 3 channels, got {channels}"
@@ -72,7 +70,7 @@ def grid_to_array(images: np.ndarray, value_range: tuple[float, float], shape: t
 def save_image_grid(images: np.ndarray, path: str, value_range: tuple[float, float], shape: tuple[int, int]) -> None:
     """Write the tiled grid as a PNG (grayscale for 1 channel, RGB for 3), atomically: a crash leaves no torn file."""
     array = grid_to_array(images, value_range, shape)
-    picture = PIL.Image.fromarray(array[:, :, 0], "L") if array.shape[2] == 1 else PIL.Image.fromarray(array, "RGB")
+    picture = to_pil(array)
     buffer = io.BytesIO()
     picture.save(buffer, format="png")
     atomic_write_bytes(path, buffer.getvalue())

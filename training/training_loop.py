@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 import dnnlib
-import legacy
+from dnnlib.atomic import atomic_pickle
 from torch_utils import misc, training_stats
 from torch_utils.launch import default_device
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
-from training.atomic import atomic_pickle
+from training import pickles
 from training.image_grid import save_image_grid, select_grid_items
 
 RESUME_STATE_VERSION = 1
@@ -105,15 +105,6 @@ def _restore_rng_state(state: dict, device: torch.device) -> None:
     np.random.set_state(state["numpy"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _gather(obj, num_gpus: int) -> list:
-    """One picklable object from every rank, as a list indexed by rank (every rank receives the list)."""
-    if num_gpus == 1:
-        return [obj]
-    gathered = [None] * num_gpus
-    torch.distributed.all_gather_object(gathered, obj)
-    return gathered
 
 
 def _recorded_options(options: dict) -> dict:
@@ -258,7 +249,7 @@ class TrainingRun:
         # Loaded before the networks are built (its resume_state decides the set-up), so keep the draws that
         # converting a TF-era pickle makes from shifting the networks' initialisation.
         with dnnlib.util.open_url(self.o.resume_pkl) as f, torch.random.fork_rng(devices=[]):
-            data = legacy.load_network_pkl(f)
+            data = pickles.load_network_pkl(f)
         if self.num_gpus > 1 and self.is_main:
             torch.distributed.barrier()
         state = data.get("resume_state")
@@ -500,14 +491,8 @@ class TrainingRun:
         real_c = real_c.to(self.device).split(o.batch_gpu)
         gen_z = torch.randn([num_phases * o.batch_size, self.G.z_dim], device=self.device)
         gen_z = [block.split(o.batch_gpu) for block in gen_z.split(o.batch_size)]
-        labels = [
-            self.training_set.get_label(np.random.randint(len(self.training_set)))
-            for _ in range(num_phases * o.batch_size)
-        ]
-        gen_c = torch.from_numpy(np.stack(labels))
-        if self.device.type == "cuda":
-            gen_c = gen_c.pin_memory()
-        gen_c = [block.split(o.batch_gpu) for block in gen_c.to(self.device).split(o.batch_size)]
+        gen_c = misc.sample_labels(self.training_set, num_phases * o.batch_size, self.device)
+        gen_c = [block.split(o.batch_gpu) for block in gen_c.split(o.batch_size)]
         return real_img, real_c, gen_z, gen_c
 
     def _run_phase(self, phase: _Phase, real_img, real_c, gen_z, gen_c):
@@ -623,9 +608,9 @@ class TrainingRun:
             cur_tick=self.cur_tick + 1,
             batch_idx=self.batch_idx,
             optimizers={key: _to_cpu(opt.state_dict()) for key, opt in self.optimizers.items()},
-            pl_mean=_gather(float(self.loss.pl_mean.cpu()), self.num_gpus),
+            pl_mean=misc.gather_from_ranks(float(self.loss.pl_mean.cpu()), self.num_gpus),
             ada_pending=pending,
-            rng=_gather(_rng_state(self.device), self.num_gpus),
+            rng=misc.gather_from_ranks(_rng_state(self.device), self.num_gpus),
             # Plain JSON values (no EasyDict), so that any code base can unpickle the snapshot.
             training_options=_recorded_options(self.o),
             schedule={key: self.o[key] for key in CONTINUED_SCHEDULE_KEYS},

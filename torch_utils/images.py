@@ -1,0 +1,53 @@
+"""Conversions between the generator's float images and 8-bit pictures, in one place for every tool.
+
+The generator's range is [-1, 1] (float, `[N, C, H, W]`). Which float-to-uint8 formula a tool uses is part of the
+numbers users compare against the reference (FID of generated images, PNG bytes of `generate.py`), so each formula
+is kept exactly as docs/compatibility.md lists it:
+
+- `generator_to_uint8`: `x * 127.5 + 128`, clamped to [0, 255], truncated (i.e. round half up). Used by
+  `generate.py`, `style_mixing.py` and the metrics.
+- `float_to_uint8`: `(x - lo) * (255 / (hi - lo))`, rounded to nearest (half to even), clipped. Used by the
+  training image grids (`reals.png`, `fakes*.png`) with the grid's `drange`.
+"""
+
+import numpy as np
+import PIL.Image
+import torch
+
+# PIL modes of the channel counts that images can be written with.
+PIL_MODES = {1: "L", 3: "RGB"}
+
+
+class ImageChannelsError(ValueError):
+    """An image whose channel count has no PNG mode."""
+
+
+def generator_to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """Generator output `[N, C, H, W]` in [-1, 1] -> uint8 `[N, C, H, W]` on the same device."""
+    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def generator_to_hwc(img: torch.Tensor) -> np.ndarray:
+    """Generator output `[N, C, H, W]` -> uint8 NumPy `[N, H, W, C]` on the CPU, ready for `to_pil`."""
+    return generator_to_uint8(img).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def float_to_uint8(img: np.ndarray, drange: tuple[float, float]) -> np.ndarray:
+    """Float array with values in `drange` -> uint8 array of the same shape (round to nearest, clip)."""
+    lo, hi = drange
+    scaled = (np.asarray(img, dtype=np.float32) - lo) * (255 / (hi - lo))
+    return np.rint(scaled).clip(0, 255).astype(np.uint8)
+
+
+def check_channels(channels: int) -> None:
+    """Raise `ImageChannelsError` unless images of `channels` channels can be written as PNG."""
+    if channels not in PIL_MODES:
+        expected = " or ".join(f"{count} ({mode})" for count, mode in PIL_MODES.items())
+        raise ImageChannelsError(f"cannot save images with {channels} channels; expected {expected}")
+
+
+def to_pil(image: np.ndarray) -> PIL.Image.Image:
+    """uint8 `[H, W, C]` -> PIL image of the matching mode (1 channel: L, 3 channels: RGB)."""
+    channels = image.shape[2]
+    check_channels(channels)
+    return PIL.Image.fromarray(image[:, :, 0] if channels == 1 else image, PIL_MODES[channels])
