@@ -9,11 +9,11 @@ import click
 import torch
 
 import dnnlib
-import legacy
 from dnnlib import cli
 from metrics import metric_main, metric_utils
 from torch_utils import custom_ops, misc, training_stats
 from torch_utils.launch import run_processes, spawned_process_group
+from training import pickles
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -86,7 +86,7 @@ def subprocess_fn(rank: int, args: EvaluationJob, temp_dir: str) -> None:
 
 
 def _check_options(ctx: click.Context, metrics: list[str], gpus: int, network_pkl: str) -> None:
-    """Usage errors, in the order of spec metrics_and_tools.md §4.2; nothing is loaded before these pass."""
+    """Usage errors, in the order docs/compatibility.md, "Tools" gives; nothing is loaded before these pass."""
     if not all(metric_main.is_valid_metric(name) for name in metrics):
         ctx.fail("\n".join(["--metrics can only contain the following values:", *metric_main.list_valid_metrics()]))
     if gpus < 1:
@@ -99,11 +99,8 @@ def _load_network(network_pkl: str, verbose: bool) -> tuple[torch.nn.Module, dic
     """G_ema of the pickle and the training-set options the training run stored in it (None if it has none)."""
     if verbose:
         print(f'Loading network from "{network_pkl}"...')
-    try:
-        with dnnlib.util.open_url(network_pkl, verbose=verbose) as f:
-            snapshot = legacy.load_network_pkl(f)
-    except (legacy.UnsupportedPickleError, OSError) as err:
-        raise click.ClickException(f"--network: {err}") from err
+    with cli.errors_as_messages(pickles.NetworkPickleError, prefix="--network: "):
+        snapshot = pickles.load_network_from(network_pkl, verbose=verbose)
     return snapshot["G_ema"], snapshot.get("training_set_kwargs")
 
 
@@ -265,10 +262,8 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
     )
     if verbose:
         print("Launching processes...")
-    try:
+    with cli.errors_as_messages(dnnlib.util.DownloadError):  # Feature detectors, offline: says where to put them.
         run_processes(subprocess_fn, job, gpus)
-    except dnnlib.util.DownloadError as err:  # Feature detectors, offline: the message says where to put them.
-        raise click.ClickException(str(err)) from err
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,111 +1,17 @@
 """Generate images from a trained network pickle, one PNG per seed or per projected W."""
 
-import math
 import os
-import re
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 
-import legacy
+from dnnlib import cli
+from torch_utils import images
 from torch_utils.launch import default_device
+from training import pickles
 
 # ----------------------------------------------------------------------------------------------------------------------
-
-NOISE_MODES = ["const", "random", "none"]
-PNG_MODES = {1: "L", 3: "RGB"}
-MAX_SEED = 2**32 - 1  # numpy's RandomState accepts seeds 0 .. 2**32 - 1
-
-
-class NumRange(click.ParamType):
-    """`a-b` (inclusive range, empty when reversed) or a comma-separated list of integers.
-
-    Mixed forms such as `0-3,7` are rejected, as in the reference parser. With `seed=True` every value (for a
-    range: both ends, checked before the list is built) must be a valid seed, 0 .. 2**32 - 1.
-    """
-
-    name = "num_range"
-
-    def __init__(self, seed: bool = False):
-        self.seed = seed
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_num_range(value, seed=self.seed)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def _check_seeds(values: list[int]):
-    for value in values:
-        if not 0 <= value <= MAX_SEED:
-            raise ValueError(f"seed {value} is out of range 0..{MAX_SEED}")
-
-
-def parse_num_range(text: str, seed: bool = False) -> list[int]:
-    match = re.fullmatch(r"(\d+)-(\d+)", text)
-    if match:
-        first, last = int(match.group(1)), int(match.group(2))
-        if seed:
-            _check_seeds([first, last])
-        return list(range(first, last + 1))
-    values = [int(piece) for piece in text.split(",")]
-    if seed:
-        _check_seeds(values)
-    return values
-
-
-class FiniteFloat(click.types.FloatParamType):
-    """A float option that rejects nan and +-inf (a non-finite truncation renders black images)."""
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value} is not a finite number", param, ctx)
-        return number
-
-
-def load_generator(network_pkl: str, device: torch.device) -> torch.nn.Module:
-    """Load `G_ema` from a snapshot file name or URL; unreadable or unsupported files are a one-line CLI error."""
-    return legacy.cli_load_network_pkl(network_pkl)["G_ema"].to(device)
-
-
-def check_outdir(outdir: str):
-    """Fail early when --outdir, or the nearest of its parents that exists, is something other than a folder."""
-    existing = os.path.abspath(outdir)
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
-    if os.path.isdir(existing):
-        return
-    if existing == os.path.abspath(outdir):
-        raise click.ClickException(f"--outdir {outdir} exists and is not a folder")
-    raise click.ClickException(f"--outdir {outdir} cannot be created: {existing} is not a folder")
-
-
-def make_outdir(outdir: str):
-    """Create --outdir (and its parents); failures are a one-line CLI error."""
-    check_outdir(outdir)
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as exc:
-        raise click.ClickException(f"Cannot create --outdir {outdir}: {exc}") from exc
-
-
-def to_uint8_images(img: torch.Tensor) -> np.ndarray:
-    """Generator range [N, C, H, W] -> uint8 [N, H, W, C]: x*127.5 + 128, clamped, truncated."""
-    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
-
-
-def to_pil(image: np.ndarray) -> PIL.Image.Image:
-    """uint8 [H, W, C] -> PIL image; 3 channels -> RGB (the reference's only mode), 1 channel -> L."""
-    channels = image.shape[2]
-    if channels not in PNG_MODES:
-        raise click.ClickException(f"Cannot save images with {channels} channels; expected 1 (grayscale) or 3 (RGB)")
-    return PIL.Image.fromarray(image[:, :, 0] if channels == 1 else image)
 
 
 def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
@@ -151,23 +57,39 @@ def make_label(G, class_idx: int | None, device: torch.device) -> torch.Tensor:
     return label
 
 
+def save_png(img: torch.Tensor, path: str) -> None:
+    """Generator output `[1, C, H, W]` -> 8-bit PNG (x * 127.5 + 128, clamped, truncated; 1 or 3 channels)."""
+    with cli.errors_as_messages(images.ImageChannelsError):
+        images.to_pil(images.generator_to_hwc(img)[0]).save(path)
+
+
+def render_projected_w(G, path: str, noise_mode: str, outdir: str, device: torch.device) -> None:
+    """Save the image of every W vector of a projector result as <outdir>/projNN.png."""
+    print(f'Generating images from projected W "{path}"')
+    ws = load_projected_w(path, G).to(device)
+    for idx, w in enumerate(ws):
+        img = G.synthesis(w.unsqueeze(0), noise_mode=noise_mode)
+        save_png(img, os.path.join(outdir, f"proj{idx:02d}.png"))
+
+
+def render_seeds(G, seeds, label, truncation_psi: float, noise_mode: str, outdir: str, device: torch.device) -> None:
+    """Save the image of every seed's z (with `label` `[1, c_dim]`) as <outdir>/seedNNNN.png."""
+    for seed_idx, seed in enumerate(seeds):
+        print(f"Generating image for seed {seed} ({seed_idx}/{len(seeds)}) ...")
+        z = torch.from_numpy(seed_to_z(seed, G.z_dim)).to(device=device, dtype=torch.float32)
+        img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        save_png(img, os.path.join(outdir, f"seed{seed:04d}.png"))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 @click.command()
 @click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
-@click.option("--seeds", type=NumRange(seed=True), help="Seeds to render, e.g. 0-7 or 3,14,15")
-@click.option(
-    "--trunc", "truncation_psi", type=FiniteFloat(), help="Truncation strength (1 = none)", default=1, show_default=True
-)
+@click.option("--seeds", type=cli.NumRange(seed=True), help="Seeds to render, e.g. 0-7 or 3,14,15")
+@cli.truncation_option()
 @click.option("--class", "class_idx", type=int, help="Class index for conditional networks")
-@click.option(
-    "--noise-mode",
-    help="Per-pixel noise: fixed buffers, fresh draws, or off",
-    type=click.Choice(NOISE_MODES),
-    default="const",
-    show_default=True,
-)
+@cli.noise_mode_option()
 @click.option(
     "--projected-w",
     help="projected_w.npz written by projector.py (or a .npy array); render its W vectors instead of seeds",
@@ -199,31 +121,22 @@ def generate_images(
       python generate.py --network=cifar10.pkl --seeds=0-15 --class=4 --outdir=out
       python generate.py --network=snapshot.pkl --projected-w=out/projected_w.npz --outdir=out
     """
-    check_outdir(outdir)
+    cli.check_outdir(outdir)
     print(f'Loading networks from "{network_pkl}"...')
     device = default_device()
-    G = load_generator(network_pkl, device)
-    make_outdir(outdir)
+    with cli.errors_as_messages(pickles.NetworkPickleError):
+        G = pickles.load_network_from(network_pkl)["G_ema"].to(device)
+    cli.make_outdir(outdir)
 
     if projected_w is not None:
         if seeds is not None:
             print("warn: --seeds is ignored when using --projected-w")
-        print(f'Generating images from projected W "{projected_w}"')
-        ws = load_projected_w(projected_w, G).to(device)
-        for idx, w in enumerate(ws):
-            img = G.synthesis(w.unsqueeze(0), noise_mode=noise_mode)
-            to_pil(to_uint8_images(img)[0]).save(os.path.join(outdir, f"proj{idx:02d}.png"))
+        render_projected_w(G, projected_w, noise_mode, outdir, device)
         return
-
     if seeds is None:
         raise click.UsageError("--seeds option is required when not using --projected-w")
     label = make_label(G, class_idx, device)
-
-    for seed_idx, seed in enumerate(seeds):
-        print(f"Generating image for seed {seed} ({seed_idx}/{len(seeds)}) ...")
-        z = torch.from_numpy(seed_to_z(seed, G.z_dim)).to(device=device, dtype=torch.float32)
-        img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
-        to_pil(to_uint8_images(img)[0]).save(os.path.join(outdir, f"seed{seed:04d}.png"))
+    render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

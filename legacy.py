@@ -5,54 +5,21 @@ The loading itself lives in `training.pickles` (native and reference snapshots) 
 `convert_tf_discriminator`, `UnsupportedPickleError`) are re-exported here.
 """
 
-import os
-import pickle
-
 import click
 
-import dnnlib
+from dnnlib import cli
+from dnnlib.atomic import atomic_pickle
+from training import pickles
 from training.pickles import UnsupportedPickleError, load_network_pkl
 from training.tf_conversion import convert_tf_discriminator, convert_tf_generator
 
 __all__ = [
     "UnsupportedPickleError",
-    "check_output_file",
-    "cli_load_network_pkl",
     "convert_network_pickle",
     "convert_tf_discriminator",
     "convert_tf_generator",
     "load_network_pkl",
 ]
-
-
-def cli_load_network_pkl(url, force_fp16=False):
-    """`load_network_pkl` of a path or URL for the command-line tools.
-
-    Unreadable or unsupported files become `click.ClickException` (printed as `Error: ...`, exit status 1).
-    """
-    try:
-        with dnnlib.util.open_url(url) as f:
-            try:
-                return load_network_pkl(f, force_fp16=force_fp16)
-            except UnsupportedPickleError as exc:
-                # Downloads are read from memory (no file name): name the URL instead.
-                named = getattr(f, "name", None) is not None
-                raise click.ClickException(str(exc) if named else f"{url}: {exc}") from exc
-    except OSError as exc:
-        raise click.ClickException(f"Cannot read network pickle {url}: {exc}") from exc
-
-
-def check_output_file(path, option):
-    """Fail early (`click.ClickException`) if the file `path` of `option` cannot be written."""
-    if os.path.isdir(path):
-        raise click.ClickException(f"{option} {path} is a directory; expected a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise click.ClickException(f"{option} {path}: the folder {folder} does not exist")
-    target = path if os.path.exists(path) else folder
-    if not os.access(target, os.W_OK):
-        raise click.ClickException(f"{option} {path}: {target} is not writable")
-
 
 # ----------------------------------------------------------------------------
 # Command line
@@ -82,15 +49,13 @@ def convert_network_pickle(source, dest, force_fp16):
         --source=https://nvlabs-fi-cdn.nvidia.com/stylegan2/networks/stylegan2-cat-config-f.pkl \\
         --dest=stylegan2-cat-config-f.pkl
     """
-    check_output_file(dest, "--dest")
+    cli.check_output_file(dest, "--dest")
     print(f'Loading "{source}"...')
-    data = cli_load_network_pkl(source, force_fp16=force_fp16)
+    with cli.errors_as_messages(pickles.NetworkPickleError):
+        data = pickles.load_network_from(source, force_fp16=force_fp16)
     print(f'Saving "{dest}"...')
-    try:
-        with open(dest, "wb") as f:
-            pickle.dump(data, f)
-    except OSError as exc:
-        raise click.ClickException(f"Cannot write --dest {dest}: {exc}") from exc
+    with cli.errors_as_messages(OSError, prefix=f"Cannot write --dest {dest}: "):
+        atomic_pickle(dest, data)  # An existing --dest stays whole until the new pickle is complete.
     print("Done.")
 
 

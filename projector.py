@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import dnnlib
-from generate import default_device, load_generator, make_outdir
+from dnnlib import cli
 from metrics import metric_utils
-from torch_utils import misc
+from torch_utils import images, misc
+from torch_utils.launch import default_device
+from training import pickles
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Constants of the reference projector.
@@ -144,7 +146,7 @@ def project(
 
         w_noise = torch.randn_like(w_opt) * w_noise_scale
         ws = (w_opt + w_noise).repeat([1, G.mapping.num_ws, 1])
-        synth_images = (G.synthesis(ws, noise_mode="const") + 1) * (255 / 2)
+        synth_images = images.projector_pixels(G.synthesis(ws, noise_mode="const"))
         synth_features = lpips_features(vgg16, synth_images)
         dist = (target_features - synth_features).square().sum()
 
@@ -209,9 +211,8 @@ def check_generator(G, network_pkl: str):
 
 @torch.no_grad()
 def render_w(G, w: torch.Tensor) -> np.ndarray:
-    """W `[num_ws, w_dim]` -> uint8 `[R, R, 3]` with constant noise; (x + 1) * 127.5, clamped, truncated."""
-    img = (G.synthesis(w.unsqueeze(0), noise_mode="const") + 1) * (255 / 2)
-    return img.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8)[0].cpu().numpy()
+    """W `[num_ws, w_dim]` -> uint8 `[R, R, 3]` with constant noise, by the projector's formula (`projector_to_hwc`)."""
+    return images.projector_to_hwc(G.synthesis(w.unsqueeze(0), noise_mode="const"))[0]
 
 
 def write_progress_video(path: str, G, target_uint8: np.ndarray, projected_w_steps: torch.Tensor):
@@ -269,17 +270,18 @@ def run_projection(network_pkl: str, target_fname: str, outdir: str, save_video:
     torch.manual_seed(seed)  # seeds the CPU and every CUDA device
 
     target_pil = read_target_image(os.path.expanduser(target_fname))
-    make_outdir(outdir)  # before the (long) projection, so that a bad --outdir cannot lose the run
+    cli.make_outdir(outdir)  # before the (long) projection, so that a bad --outdir cannot lose the run
 
     print(f'Loading networks from "{network_pkl}"...')
     device = default_device()
-    G = load_generator(network_pkl, device).requires_grad_(False)
+    with cli.errors_as_messages(pickles.NetworkPickleError):
+        G = pickles.load_network_from(network_pkl)["G_ema"].to(device).requires_grad_(False)
     check_generator(G, network_pkl)
 
     target_uint8 = prepare_target(target_pil, G.img_resolution)
 
     start_time = time.perf_counter()
-    try:
+    with cli.errors_as_messages(dnnlib.util.DownloadError):  # VGG16, offline: the message says where to put it.
         projected_w_steps = project(
             G,
             target=torch.tensor(target_uint8.transpose([2, 0, 1]), device=device),
@@ -287,8 +289,6 @@ def run_projection(network_pkl: str, target_fname: str, outdir: str, save_video:
             device=device,
             verbose=True,
         )
-    except dnnlib.util.DownloadError as err:  # VGG16, offline: the message says where to put the file.
-        raise click.ClickException(str(err)) from err
     print(f"Elapsed: {(time.perf_counter() - start_time):.1f} s")
 
     if save_video:

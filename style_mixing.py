@@ -8,18 +8,10 @@ import PIL.Image
 import torch
 from click.core import ParameterSource
 
-from generate import (
-    NOISE_MODES,
-    PNG_MODES,
-    FiniteFloat,
-    NumRange,
-    check_outdir,
-    default_device,
-    load_generator,
-    make_outdir,
-    to_pil,
-    to_uint8_images,
-)
+from dnnlib import cli
+from torch_utils import images
+from torch_utils.launch import default_device
+from training import pickles
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -41,21 +33,23 @@ def mix_styles(G, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, 
     w_dict = dict(zip(all_seeds, all_w))
 
     print("Generating images...")
-    all_images = to_uint8_images(G.synthesis(all_w, noise_mode=noise_mode))
-    images = {(seed, seed): image for seed, image in zip(all_seeds, all_images)}
+    all_images = images.generator_to_hwc(G.synthesis(all_w, noise_mode=noise_mode))
+    mixed = {(seed, seed): image for seed, image in zip(all_seeds, all_images)}
 
     print("Generating style-mixed images...")
     for row_seed in row_seeds:
         for col_seed in col_seeds:
             w = w_dict[row_seed].clone()
             w[col_styles] = w_dict[col_seed][col_styles]
-            images[(row_seed, col_seed)] = to_uint8_images(G.synthesis(w.unsqueeze(0), noise_mode=noise_mode))[0]
-    return images
+            mixed[(row_seed, col_seed)] = images.generator_to_hwc(G.synthesis(w.unsqueeze(0), noise_mode=noise_mode))[0]
+    return mixed
 
 
-def make_grid(images: dict, row_seeds, col_seeds, resolution: int, channels: int) -> PIL.Image.Image:
+def make_grid(mixed: dict, row_seeds, col_seeds, resolution: int, channels: int) -> PIL.Image.Image:
     """Black top-left cell, column seeds' own images on top, row seeds' own images on the left, mixes inside."""
-    canvas = PIL.Image.new(PNG_MODES[channels], (resolution * (len(col_seeds) + 1), resolution * (len(row_seeds) + 1)))
+    canvas = PIL.Image.new(
+        images.PIL_MODES[channels], (resolution * (len(col_seeds) + 1), resolution * (len(row_seeds) + 1))
+    )
     for row_idx, row_seed in enumerate([None, *row_seeds]):
         for col_idx, col_seed in enumerate([None, *col_seeds]):
             if row_seed is None and col_seed is None:
@@ -66,7 +60,7 @@ def make_grid(images: dict, row_seeds, col_seeds, resolution: int, channels: int
                 key = (row_seed, row_seed)
             else:
                 key = (row_seed, col_seed)
-            canvas.paste(to_pil(images[key]), (resolution * col_idx, resolution * row_idx))
+            canvas.paste(images.to_pil(mixed[key]), (resolution * col_idx, resolution * row_idx))
     return canvas
 
 
@@ -90,35 +84,27 @@ def check_styles(col_styles: list[int], num_ws: int):
 @click.option(
     "--rows",
     "row_seeds",
-    type=NumRange(seed=True),
+    type=cli.NumRange(seed=True),
     help="Seeds of the grid rows (they keep the unlisted layers)",
     required=True,
 )
 @click.option(
     "--cols",
     "col_seeds",
-    type=NumRange(seed=True),
+    type=cli.NumRange(seed=True),
     help="Seeds of the grid columns (they give the --styles layers)",
     required=True,
 )
 @click.option(
     "--styles",
     "col_styles",
-    type=NumRange(),
+    type=cli.NumRange(),
     help="W layers taken from the column seed",
     default="0-6",
     show_default=True,
 )
-@click.option(
-    "--trunc", "truncation_psi", type=FiniteFloat(), help="Truncation strength (1 = none)", default=1, show_default=True
-)
-@click.option(
-    "--noise-mode",
-    help="Per-pixel noise: fixed buffers, fresh draws, or off",
-    type=click.Choice(NOISE_MODES),
-    default="const",
-    show_default=True,
-)
+@cli.truncation_option()
+@cli.noise_mode_option()
 @click.option("--outdir", help="Folder for the cell images and grid.png", type=str, required=True, metavar="DIR")
 @torch.no_grad()
 def generate_style_mix(
@@ -142,27 +128,28 @@ def generate_style_mix(
       python style_mixing.py --network=snapshot.pkl --rows=1-4 --cols=10,20,30 \\
           --styles=0-6 --outdir=out
     """
-    check_outdir(outdir)
+    cli.check_outdir(outdir)
     if not row_seeds and not col_seeds:
         raise click.UsageError("--rows and --cols name no seed at all")
     print(f'Loading networks from "{network_pkl}"...')
     device = default_device()
-    G = load_generator(network_pkl, device)
+    with cli.errors_as_messages(pickles.NetworkPickleError):
+        G = pickles.load_network_from(network_pkl)["G_ema"].to(device)
     if G.c_dim != 0:
         raise click.UsageError(f"style_mixing.py supports unconditional networks only; this one has c_dim={G.c_dim}")
-    if G.img_channels not in PNG_MODES:
+    if G.img_channels not in images.PIL_MODES:
         raise click.UsageError(f"Cannot save images with {G.img_channels} channels; expected 1 or 3")
     check_styles(col_styles, G.num_ws)
-    make_outdir(outdir)
+    cli.make_outdir(outdir)
 
-    images = mix_styles(G, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, device)
+    mixed = mix_styles(G, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, device)
 
     print("Saving images...")
-    for (row_seed, col_seed), image in images.items():
-        to_pil(image).save(os.path.join(outdir, f"{row_seed}-{col_seed}.png"))
+    for (row_seed, col_seed), image in mixed.items():
+        images.to_pil(image).save(os.path.join(outdir, f"{row_seed}-{col_seed}.png"))
 
     print("Saving image grid...")
-    grid = make_grid(images, row_seeds, col_seeds, G.img_resolution, G.img_channels)
+    grid = make_grid(mixed, row_seeds, col_seeds, G.img_resolution, G.img_channels)
     grid.save(os.path.join(outdir, "grid.png"))
 
 

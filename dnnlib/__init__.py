@@ -1,4 +1,4 @@
-"""Generic utilities shared by the project (foundation spec §1).
+"""Generic utilities shared by the project and by network pickles (docs/compatibility.md, "Foundation").
 
 `dnnlib.util` is imported here so that code doing only `import dnnlib` can call `dnnlib.util.open_url(...)`.
 """

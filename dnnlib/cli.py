@@ -1,6 +1,161 @@
-"""Parameter types shared by the command-line scripts (click)."""
+"""Click helpers shared by the command-line scripts: parameter types, checks of output paths, and one-line errors.
+
+The library below the scripts raises typed errors whose message already names the file or option, what was expected
+and what was found. `errors_as_messages` turns them into click's `Error: <message>` line (exit status 1), so a bad
+input never ends in a traceback. This module knows nothing about networks, datasets or metrics: it sits below
+training/ and metrics/ and imports neither.
+"""
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterator
 
 import click
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Options that generate.py and style_mixing.py declare alike
+
+# The synthesis noise modes the networks accept, the tools' default first (the order the help text shows).
+NOISE_MODE_CHOICES = ("const", "random", "none")
+
+
+def truncation_option():
+    """`--trunc` -> parameter `truncation_psi`: a finite float, default 1 (no truncation)."""
+    return click.option(
+        "--trunc",
+        "truncation_psi",
+        type=FiniteFloat(),
+        help="Truncation strength (1 = none)",
+        default=1,
+        show_default=True,
+    )
+
+
+def noise_mode_option():
+    """`--noise-mode` -> parameter `noise_mode`: one of NOISE_MODE_CHOICES, default `const`."""
+    return click.option(
+        "--noise-mode",
+        help="Per-pixel noise: fixed buffers, fresh draws, or off",
+        type=click.Choice(NOISE_MODE_CHOICES),
+        default="const",
+        show_default=True,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output paths, checked before any long work starts
+
+
+def check_outdir(outdir: str, option: str = "--outdir") -> None:
+    """Fail when `outdir`, or the nearest of its parents that exists, is something other than a folder."""
+    existing = os.path.abspath(outdir)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing):
+        return
+    if existing == os.path.abspath(outdir):
+        raise click.ClickException(f"{option} {outdir} exists and is not a folder")
+    raise click.ClickException(f"{option} {outdir} cannot be created: {existing} is not a folder")
+
+
+def make_outdir(outdir: str, option: str = "--outdir") -> None:
+    """Create `outdir` and its parents (fine if it exists); failures are a one-line error."""
+    check_outdir(outdir, option)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"Cannot create {option} {outdir}: {exc}") from exc
+
+
+def check_output_file(path: str, option: str) -> None:
+    """Fail unless the file `path` given as `option` can be created or replaced."""
+    if os.path.isdir(path):
+        raise click.ClickException(f"{option} {path} is a directory; expected a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise click.ClickException(f"{option} {path}: the folder {folder} does not exist")
+    target = path if os.path.exists(path) else folder
+    if not os.access(target, os.W_OK):
+        raise click.ClickException(f"{option} {path}: {target} is not writable")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Typed library errors -> one-line messages
+
+
+@contextlib.contextmanager
+def errors_as_messages(*error_types: type[BaseException], prefix: str = "") -> Iterator[None]:
+    """Inside the block, an error of one of `error_types` becomes `Error: <prefix><its message>`, exit status 1.
+
+    The message is the error's own text (library errors name the file and what is wrong with it); `prefix` names
+    the option it came from where the message does not, e.g. `prefix="--network: "`.
+    """
+    try:
+        yield
+    except error_types as exc:
+        raise click.ClickException(f"{prefix}{exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parameter types
+
+
+# Seeds select numpy's legacy RandomState stream, which accepts seeds 0 .. 2**32 - 1 only.
+MAX_SEED = 2**32 - 1
+
+
+def _check_seeds(values: list[int]) -> None:
+    for value in values:
+        if not 0 <= value <= MAX_SEED:
+            raise ValueError(f"seed {value} is out of range 0..{MAX_SEED}")
+
+
+def parse_num_range(text: str, seed: bool = False) -> list[int]:
+    """`a-b` -> [a, ..., b] (empty when b < a); otherwise a comma-separated list of integers.
+
+    Mixed forms such as `0-3,7` fail (`0-3` is not an integer), as in the reference's parser. With `seed=True`,
+    every value must be a valid seed (for a range: both ends, checked before the list is built); errors are
+    `ValueError` with a one-line message.
+    """
+    match = re.fullmatch(r"(\d+)-(\d+)", text)
+    if match:
+        first, last = int(match.group(1)), int(match.group(2))
+        if seed:
+            _check_seeds([first, last])
+        return list(range(first, last + 1))
+    values = [int(piece) for piece in text.split(",")]
+    if seed:
+        _check_seeds(values)
+    return values
+
+
+class NumRange(click.ParamType):
+    """A `parse_num_range` option value (`--seeds 0-7`, `--styles 0,1,2`); `seed=True` range-checks seeds."""
+
+    name = "num_range"
+
+    def __init__(self, seed: bool = False):
+        self.seed = seed
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_num_range(value, seed=self.seed)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class FiniteFloat(click.types.FloatParamType):
+    """A float option that rejects nan and +-inf (a non-finite truncation renders black images)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return number
 
 
 class CommaSeparatedList(click.ParamType):

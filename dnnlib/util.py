@@ -1,18 +1,17 @@
-"""Miscellaneous utilities: attribute dicts, console logging, cache paths, name lookup, file and URL helpers."""
+"""The `dnnlib.util` API that network pickles, the project and users' scripts rely on.
 
-import ctypes
-import fnmatch
+Attribute dicts, console logging, the cache directory, duration formatting, construction by dotted class name and
+URL opening. Each section says who needs it; helpers of the reference's `dnnlib.util` that nothing here or in a
+pickle calls were left out (docs/compatibility.md, "Foundation" lists what is kept and why).
+"""
+
 import glob
 import hashlib
 import html
 import importlib
-import inspect
 import io
-import math
 import os
-import pickle
 import re
-import shutil
 import sys
 import tempfile
 import urllib.parse
@@ -23,7 +22,8 @@ import requests
 from dnnlib import atomic
 
 # ----------------------------------------------------------------------------
-# EasyDict
+# EasyDict: pickles refer to it by name (`dnnlib.util.EasyDict` holds the networks' `init_kwargs`, the snapshots'
+# `training_set_kwargs` and TensorFlow-era stubs); torch_utils and the training code build their kwargs with it.
 
 
 class EasyDict(dict):
@@ -48,7 +48,7 @@ class EasyDict(dict):
 
 
 # ----------------------------------------------------------------------------
-# Logger
+# Logger: train.py and calc_metrics.py tee their console output (log.txt of a training run).
 
 
 class Logger:
@@ -109,7 +109,8 @@ class Logger:
 
 
 # ----------------------------------------------------------------------------
-# Cache directory
+# Cache directory: downloads (`open_url`), detector files and dataset statistics (metrics) live under this root,
+# documented to users as $DNNLIB_CACHE_DIR (default ~/.cache/dnnlib).
 
 _dnnlib_cache_dir = None
 
@@ -140,7 +141,7 @@ def make_cache_dir_path(*paths):
 
 
 # ----------------------------------------------------------------------------
-# Small helpers
+# Durations: the training status line and the metric results' `total_time_str`.
 
 
 def format_time(seconds):
@@ -155,93 +156,9 @@ def format_time(seconds):
     return f"{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02}h {(s // 60) % 60:02}m"
 
 
-def format_time_brief(seconds):
-    """Like `format_time` but coarser: hours drop seconds (`1h 05m`), days drop minutes (`2d 03h`)."""
-    s = int(np.rint(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 60 * 60:
-        return f"{s // 60}m {s % 60:02}s"
-    if s < 24 * 60 * 60:
-        return f"{s // (60 * 60)}h {(s // 60) % 60:02}m"
-    return f"{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02}h"
-
-
-# Classic truth strings (the old distutils rule), keyed by their lower-case spelling.
-_TRUTH_VALUES = {
-    **dict.fromkeys(("y", "yes", "t", "true", "on", "1"), 1),
-    **dict.fromkeys(("n", "no", "f", "false", "off", "0"), 0),
-}
-
-
-def strtobool(text):
-    """Classic truth-string parsing: 1 for y/yes/t/true/on/1, 0 for n/no/f/false/off/0 (case-insensitive)."""
-    key = text.lower()
-    if key not in _TRUTH_VALUES:
-        raise ValueError(f"invalid truth value {key!r}")
-    return _TRUTH_VALUES[key]
-
-
-def ask_yes_no(question):
-    """Ask `question [y/n]` on the console until the answer parses; return 1 or 0."""
-    prompt = f"{question} [y/n]"
-    verdict = None
-    while verdict is None:
-        print(prompt)
-        verdict = _TRUTH_VALUES.get(input().lower())
-    return verdict
-
-
-def tuple_product(t):
-    """Product of the elements of `t` (1 for an empty tuple)."""
-    return math.prod(t, start=1)
-
-
-# Every supported element type by numpy name, with the ctypes type of the same width and kind.
-_CTYPE_BY_NAME = {
-    "uint8": ctypes.c_ubyte,
-    "uint16": ctypes.c_uint16,
-    "uint32": ctypes.c_uint32,
-    "uint64": ctypes.c_uint64,
-    "int8": ctypes.c_byte,
-    "int16": ctypes.c_int16,
-    "int32": ctypes.c_int32,
-    "int64": ctypes.c_int64,
-    "float32": ctypes.c_float,
-    "float64": ctypes.c_double,
-}
-
-
-def _type_name(type_obj):
-    """Name of a type given as a string, a class (`__name__`) or a numpy dtype (`name`)."""
-    if isinstance(type_obj, str):
-        return type_obj
-    for attribute in ("__name__", "name"):
-        if hasattr(type_obj, attribute):
-            return getattr(type_obj, attribute)
-    raise RuntimeError("Cannot infer type name from input")
-
-
-def get_dtype_and_ctype(type_obj):
-    """`(numpy.dtype, ctypes type)` for a type given by name string, or by an object with `__name__` or `name`."""
-    name = _type_name(type_obj)
-    assert name in _CTYPE_BY_NAME, f"unsupported type name {name!r}; expected one of {list(_CTYPE_BY_NAME)}"
-    numpy_type, c_type = np.dtype(name), _CTYPE_BY_NAME[name]
-    assert numpy_type.itemsize == ctypes.sizeof(c_type), f"{name}: numpy and ctypes sizes differ"
-    return numpy_type, c_type
-
-
-def is_pickleable(obj):
-    """True iff `obj` can be pickled."""
-    try:
-        pickle.dumps(obj)
-    except Exception:
-        return False
-    return True
-
-
 # ----------------------------------------------------------------------------
-# Looking up objects by dotted name
+# Looking up objects by dotted name: the kwargs dicts of a run (and `training_set_kwargs` stored in snapshots) name
+# their class as `class_name`; `construct_class_by_name` builds datasets, networks, losses and optimisers from them.
 
 
 # Leading abbreviations; the dot is deliberately a regex wildcard (`np` plus any one character).
@@ -333,65 +250,9 @@ def construct_class_by_name(*args, class_name=None, **kwargs):
     return call_func_by_name(*args, func_name=class_name, **kwargs)
 
 
-def get_module_dir_by_obj_name(obj_name):
-    """Directory of the source file of the module that defines `obj_name`."""
-    module, _obj_name = get_module_from_obj_name(obj_name)
-    return os.path.dirname(inspect.getfile(module))
-
-
-def is_top_level_function(obj):
-    """True iff `obj` is callable and defined at the top level of its module."""
-    return callable(obj) and obj.__name__ in sys.modules[obj.__module__].__dict__
-
-
-def get_top_level_function_name(obj):
-    """`<module>.<name>` of a top-level function; `__main__` is replaced by the main script's base name."""
-    assert is_top_level_function(obj), f"{obj!r} is not a top-level function"
-    module = obj.__module__
-    if module == "__main__":
-        module = os.path.splitext(os.path.basename(sys.modules[module].__file__))[0]
-    return module + "." + obj.__name__
-
-
 # ----------------------------------------------------------------------------
-# File-system helpers
-
-
-def _matches_any(name, patterns):
-    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
-
-
-def list_dir_recursively_with_ignore(dir_path, ignores=None, add_base_to_relative=False):
-    """`(absolute-ish path, relative path)` of every file under `dir_path`, skipping `fnmatch` patterns in
-    `ignores` (matching directories are not descended into)."""
-    assert os.path.isdir(dir_path), f"not a directory: {dir_path}"
-    patterns = () if ignores is None else tuple(ignores)
-    base_name = os.path.basename(os.path.normpath(dir_path))
-
-    def relative(path):
-        rel = os.path.relpath(path, dir_path)
-        return os.path.join(base_name, rel) if add_base_to_relative else rel
-
-    listing = []
-    for walk_root, subdirs, file_names in os.walk(dir_path, topdown=True):
-        # os.walk descends into whatever is left in `subdirs`, so pruning must edit that very list.
-        subdirs[:] = [name for name in subdirs if not _matches_any(name, patterns)]
-        kept = (os.path.join(walk_root, name) for name in file_names if not _matches_any(name, patterns))
-        listing.extend((path, relative(path)) for path in kept)
-    return listing
-
-
-def copy_files_and_create_dirs(files):
-    """Copy each `(src, dst)` pair, creating missing parent directories of `dst`."""
-    for src, dst in files:
-        parent = os.path.dirname(dst)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        shutil.copyfile(src, dst)
-
-
-# ----------------------------------------------------------------------------
-# URLs
+# URLs: `open_url` reads network pickles and detector files (users' scripts call `dnnlib.util.open_url` with
+# `legacy.load_network_pkl`); `DownloadError` says where a manual download goes.
 
 # Bodies shorter than this may be a Google Drive HTML page rather than the requested file.
 _SMALL_BODY_BYTES = 8192
@@ -455,47 +316,60 @@ def _download_error_message(url, cache_dir, cache, exc):
     return "\n".join(lines)
 
 
+def _reject_google_drive_page(text, headers, url):
+    """Raise OSError if `text`, a short response body, is a Google Drive page served instead of the file.
+
+    The virus-scan warning page links to a confirmation URL; the error carries it as `retry_url`, and the next
+    attempt fetches that instead.
+    """
+    if "download_warning" in headers.get("Set-Cookie", ""):
+        confirm_links = [html.unescape(piece) for piece in text.split('"') if "export=download" in piece]
+        if len(confirm_links) == 1:
+            nag = OSError("Google Drive virus checker nag")
+            nag.retry_url = urllib.parse.urljoin(url, confirm_links[0])
+            raise nag
+    if "Google Drive - Quota exceeded" in text:
+        raise OSError("Google Drive download quota exceeded -- please try again later")
+
+
+def _download_once(session, url):
+    """GET `url`: `(stored file name, body bytes)`, or an exception when the body is not the file."""
+    with session.get(url) as response:
+        response.raise_for_status()
+        body, headers = response.content, response.headers
+    if not body:
+        raise OSError("No data received")
+    if len(body) < _SMALL_BODY_BYTES:
+        _reject_google_drive_page(body.decode("utf-8"), headers, url)
+    disposition = re.search(r'filename="([^"]*)"', headers.get("Content-Disposition", ""))
+    return (disposition[1] if disposition else url), body
+
+
 def _fetch_url(url, num_attempts, verbose):
-    """Download `url`, retrying; returns `(stored file name, body bytes)`."""
-    url_name = None
-    url_data = None
-    with requests.Session() as session:
+    """Download `url` with up to `num_attempts` immediate tries; returns `(stored file name, body bytes)`.
+
+    The last try's exception propagates. Progress goes to stdout when `verbose`: the URL, a dot per failed try,
+    then `done` or `failed`.
+    """
+
+    def progress(text):
         if verbose:
-            print("Downloading %s ..." % url, end="", flush=True)
-        for attempts_left in reversed(range(num_attempts)):
+            print(text, end="", flush=True)
+
+    progress(f"Downloading {url} ...")
+    with requests.Session() as session:
+        for attempt in range(1, num_attempts + 1):
             try:
-                with session.get(url) as res:
-                    res.raise_for_status()
-                    if len(res.content) == 0:
-                        raise OSError("No data received")
-
-                    if len(res.content) < _SMALL_BODY_BYTES:
-                        content_str = res.content.decode("utf-8")
-                        if "download_warning" in res.headers.get("Set-Cookie", ""):
-                            pieces = content_str.split('"')
-                            links = [html.unescape(link) for link in pieces if "export=download" in link]
-                            if len(links) == 1:
-                                url = urllib.parse.urljoin(url, links[0])
-                                raise OSError("Google Drive virus checker nag")
-                        if "Google Drive - Quota exceeded" in content_str:
-                            raise OSError("Google Drive download quota exceeded -- please try again later")
-
-                    match = re.search(r'filename="([^"]*)"', res.headers.get("Content-Disposition", ""))
-                    url_name = match[1] if match else url
-                    url_data = res.content
-                    if verbose:
-                        print(" done")
-                    break
-            except KeyboardInterrupt:
-                raise
-            except Exception:
-                if not attempts_left:
-                    if verbose:
-                        print(" failed")
+                name_and_body = _download_once(session, url)
+            except Exception as exc:  # Any failure is retried; KeyboardInterrupt is no Exception and stops at once.
+                if attempt == num_attempts:
+                    progress(" failed\n")
                     raise
-                if verbose:
-                    print(".", end="", flush=True)
-    return url_name, url_data
+                url = getattr(exc, "retry_url", url)
+                progress(".")
+            else:
+                progress(" done\n")
+                return name_and_body
 
 
 def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename=False, cache=True):
@@ -533,8 +407,6 @@ def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename
 
     try:
         url_name, url_data = _fetch_url(url, num_attempts, verbose)
-    except KeyboardInterrupt:
-        raise
     except Exception as exc:
         raise DownloadError(_download_error_message(url, cache_dir, cache, exc)) from exc
 

@@ -4,6 +4,7 @@ The stand-in detectors and the command-line driver that shrinks the 50k sample c
 """
 
 import copy
+import io
 import json
 import math
 import os
@@ -299,3 +300,23 @@ def test_cli_dataset_and_pickle_problems_are_one_line_errors(env, snapshot, tmp_
     junk = tmp_path / "junk.pkl"
     junk.write_bytes(b"")
     assert "Error: --network: " in fails(f"--network={junk}", status=1)
+
+
+def test_network_loading_errors_name_the_option_and_the_file(tmp_path, monkeypatch):
+    """The same loader and error mapping as the image tools, with the messages prefixed by `--network: `."""
+    import click
+
+    import calc_metrics
+
+    def message(network):
+        with pytest.raises(click.ClickException) as info:
+            calc_metrics._load_network(str(network), verbose=False)
+        return info.value.format_message()
+
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(b"")
+    assert message(empty) == f"--network: {empty}: not a network pickle (file is empty)"
+    assert message(tmp_path).startswith(f"--network: Cannot read network pickle {tmp_path}: [Errno")
+    url = "https://example.invalid/net.pkl"
+    monkeypatch.setattr(dnnlib.util, "open_url", lambda *args, **kwargs: io.BytesIO(b"\x80\x04"))
+    assert message(url) == f"--network: {url}: not a network pickle (truncated)"

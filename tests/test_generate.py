@@ -1,4 +1,8 @@
-"""generate.py: seed parsing, seed -> z mapping, uint8 conversion and the real command line on tiny snapshots."""
+"""generate.py: seed parsing, seed -> z mapping, uint8 conversion and the real command line on tiny snapshots.
+
+The seed parser lives in dnnlib/cli.py, the uint8 conversion in torch_utils/images.py and the pickle loading in
+training/pickles.py; generate.py is the command line over them.
+"""
 
 import copy
 import io
@@ -7,7 +11,6 @@ import pickle
 import subprocess
 import sys
 
-import click
 import numpy as np
 import PIL.Image
 import pytest
@@ -17,6 +20,10 @@ from conftest import REPO_ROOT
 
 import dnnlib
 import generate
+from dnnlib import cli
+from torch_utils import images
+from torch_utils.launch import default_device
+from training import pickles
 
 Z_DIM = 16
 W_DIM = 16
@@ -76,13 +83,13 @@ def read_png(path) -> np.ndarray:
 
 def on_tool_device(G):
     """The tools run on CUDA when present; compute expectations there too."""
-    return copy.deepcopy(G).to(generate.default_device())
+    return copy.deepcopy(G).to(default_device())
 
 
 def assert_same_image(actual: np.ndarray, expected: np.ndarray, name: str = ""):
     """Bit-exact on the CPU; CUDA kernels may round differently, so allow one code value there."""
     assert actual.shape == expected.shape, name
-    if generate.default_device().type == "cpu":
+    if default_device().type == "cpu":
         np.testing.assert_array_equal(actual, expected, err_msg=name)
     else:
         assert np.abs(actual.astype(int) - expected.astype(int)).max() <= 1, name
@@ -91,7 +98,7 @@ def assert_same_image(actual: np.ndarray, expected: np.ndarray, name: str = ""):
 def expected_image(G, seed, c=None, **kwargs) -> np.ndarray:
     """Reference rendering: z = RandomState(seed).randn(1, z_dim), G(z, c, ...), then x*127.5 + 128 -> uint8."""
     G = on_tool_device(G)
-    device = generate.default_device()
+    device = default_device()
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).to(device)
     c = torch.zeros([1, G.c_dim]) if c is None else c
     with torch.no_grad():
@@ -103,10 +110,10 @@ def expected_image(G, seed, c=None, **kwargs) -> np.ndarray:
 
 
 def test_num_range_parser():
-    assert generate.parse_num_range("600-605") == [600, 601, 602, 603, 604, 605]
-    assert generate.parse_num_range("85,265,297") == [85, 265, 297]
-    assert generate.parse_num_range("7") == [7]
-    assert generate.parse_num_range("5-3") == []
+    assert cli.parse_num_range("600-605") == [600, 601, 602, 603, 604, 605]
+    assert cli.parse_num_range("85,265,297") == [85, 265, 297]
+    assert cli.parse_num_range("7") == [7]
+    assert cli.parse_num_range("5-3") == []
 
 
 def test_mixed_seed_list_is_rejected(tmp_path):
@@ -124,7 +131,7 @@ def test_seed_to_z_vector():
 
 def test_uint8_conversion():
     x = torch.tensor([-1.0, 0.0, 0.5, 1.0, -3.0, 3.0]).reshape(1, 1, 1, 6)
-    assert generate.to_uint8_images(x).reshape(-1).tolist() == [0, 128, 191, 255, 0, 255]
+    assert images.generator_to_hwc(x).reshape(-1).tolist() == [0, 128, 191, 255, 0, 255]
 
 
 def test_seeds_match_direct_generator_call(tmp_path, uncond_pkl):
@@ -212,8 +219,8 @@ def test_projected_w(tmp_path, uncond_pkl):
     G = on_tool_device(G)
     for k in range(3):
         with torch.no_grad():
-            img = G.synthesis(torch.from_numpy(ws[k : k + 1]).to(generate.default_device()), noise_mode="const")
-        assert_same_image(read_png(outdir / f"proj{k:02d}.png"), generate.to_uint8_images(img)[0])
+            img = G.synthesis(torch.from_numpy(ws[k : k + 1]).to(default_device()), noise_mode="const")
+        assert_same_image(read_png(outdir / f"proj{k:02d}.png"), images.generator_to_hwc(img)[0])
 
 
 def test_projected_w_wrong_shape(tmp_path, uncond_pkl):
@@ -235,6 +242,17 @@ def test_grayscale_network_writes_8bit_gray_png(tmp_path):
     with PIL.Image.open(tmp_path / "seed0002.png") as img:
         assert img.mode == "L"
         assert_same_image(np.array(img)[:, :, None], expected_image(G, 2, noise_mode="const"))
+
+
+def test_unsupported_channel_count_is_a_one_line_error(tmp_path):
+    build_snapshot(tmp_path / "rgba.pkl", img_channels=4, seed=4)
+    outdir = tmp_path / "o"
+    result = CliRunner().invoke(
+        generate.generate_images, ["--network", str(tmp_path / "rgba.pkl"), "--seeds", "2", "--outdir", str(outdir)]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "Error: Cannot save images with 4 channels; expected 1 (grayscale) or 3 (RGB)\n"
+    assert os.listdir(outdir) == []
 
 
 def test_real_command_line(tmp_path, uncond_pkl):
@@ -269,17 +287,24 @@ def test_bad_network_file_is_a_one_line_error(tmp_path):
 
 def test_download_errors_and_unnamed_streams_name_the_url(tmp_path, monkeypatch):
     url = "https://example.invalid/net.pkl"
+    args = ["--network", url, "--seeds", "1", "--outdir", str(tmp_path / "o")]
 
     def failing_open_url(*args, **kwargs):
         raise dnnlib.util.DownloadError(f"Could not download {url} (ConnectionError: offline).")
 
     monkeypatch.setattr(dnnlib.util, "open_url", failing_open_url)
-    with pytest.raises(click.ClickException, match=f"Cannot read network pickle {url}: Could not download {url}"):
-        generate.load_generator(url, torch.device("cpu"))
+    message = f"Cannot read network pickle {url}: Could not download {url}"
+    with pytest.raises(pickles.NetworkPickleReadError, match=message) as info:
+        pickles.load_network_from(url)
+    assert isinstance(info.value, OSError) and isinstance(info.value.__cause__, dnnlib.util.DownloadError)
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 1 and f"Error: {message}" in result.stderr
 
     monkeypatch.setattr(dnnlib.util, "open_url", lambda *args, **kwargs: io.BytesIO(b"\x80\x04"))
-    with pytest.raises(click.ClickException, match=f"^{url}: not a network pickle \\(truncated\\)$"):
-        generate.load_generator(url, torch.device("cpu"))
+    with pytest.raises(pickles.UnsupportedPickleError, match=f"^{url}: not a network pickle \\(truncated\\)$"):
+        pickles.load_network_from(url)
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 1 and result.stderr == f"Error: {url}: not a network pickle (truncated)\n"
 
 
 def test_outdir_that_is_a_file_is_a_clear_error(tmp_path):
@@ -310,8 +335,8 @@ def test_outdir_that_cannot_be_created_is_a_clear_error(tmp_path, uncond_pkl, mo
 
 
 def test_seed_values_are_range_checked():
-    assert generate.parse_num_range("0,4294967295", seed=True) == [0, 4294967295]
-    assert generate.parse_num_range("4294967290-4294967295", seed=True)[-1] == 4294967295
+    assert cli.parse_num_range("0,4294967295", seed=True) == [0, 4294967295]
+    assert cli.parse_num_range("4294967290-4294967295", seed=True)[-1] == 4294967295
     for text, bad in [
         ("4294967296", 4294967296),
         ("1,-2", -2),
@@ -319,9 +344,9 @@ def test_seed_values_are_range_checked():
         ("5-99999999999999999999", 99999999999999999999),
     ]:
         with pytest.raises(ValueError, match=f"^seed {bad} is out of range 0..4294967295$"):
-            generate.parse_num_range(text, seed=True)
+            cli.parse_num_range(text, seed=True)
     # Without seed=True (--styles) negative values stay valid.
-    assert generate.parse_num_range("-1,-2") == [-1, -2]
+    assert cli.parse_num_range("-1,-2") == [-1, -2]
 
 
 @pytest.mark.parametrize("seeds, bad", [("4294967296", "4294967296"), ("0-99999999999", "99999999999"), ("3,-1", "-1")])

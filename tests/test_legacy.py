@@ -1,4 +1,4 @@
-"""Tests for legacy.load_network_pkl (legacy spec §1-§3) on hand-built reference-format pickles."""
+"""Tests for legacy.load_network_pkl (docs/compatibility.md, "Pickles") on hand-built reference-format pickles."""
 
 import collections
 import io
@@ -255,7 +255,7 @@ def test_missing_optional_keys_are_added_and_extras_kept():
 
 
 def test_validation_errors():
-    """Deliberate difference: the spec's KeyError / AssertionError are UnsupportedPickleError (a one-line error)."""
+    """Deliberate difference: the reference's KeyError / AssertionError are UnsupportedPickleError (one line)."""
     good = dict(G=_generator(1, {}), D=_discriminator(2), G_ema=_generator(3, {}))
     with pytest.raises(
         legacy.UnsupportedPickleError, match=r"^not a network pickle \(a dict without the key 'G_ema'\)$"
@@ -518,3 +518,26 @@ def test_legacy_reexports_the_package_loader_for_users_scripts():
     assert legacy.UnsupportedPickleError is pickles.UnsupportedPickleError
     assert legacy.convert_tf_generator is tf_conversion.convert_tf_generator
     assert legacy.convert_tf_discriminator is tf_conversion.convert_tf_discriminator
+
+
+def test_cli_replaces_dest_atomically(tmp_path, monkeypatch):
+    """An existing --dest is replaced only by a complete pickle; a failed write leaves it as it was."""
+    source, dest = tmp_path / "good.pkl", tmp_path / "out.pkl"
+    source.write_bytes(_snapshot_bytes())
+    dest.write_bytes(b"previous contents")
+
+    def failing_dump(obj, f, *args, **kwargs):
+        f.write(b"half a pickle")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pickle, "dump", failing_dump)
+    result = _convert("--source", source, "--dest", dest)
+    assert result.exit_code == 1
+    assert f"Error: Cannot write --dest {dest}: [Errno 28] No space left on device" in result.stderr
+    assert dest.read_bytes() == b"previous contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pkl", "out.pkl"]  # no temporary file left behind
+
+    monkeypatch.undo()
+    result = _convert("--source", source, "--dest", dest)
+    assert result.exit_code == 0, result.output
+    assert _load_file(dest)["training_set_kwargs"]["resolution"] == 4

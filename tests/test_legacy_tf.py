@@ -1,8 +1,9 @@
-"""Conversion of TensorFlow-era StyleGAN2 / StyleGAN2-ADA pickles (legacy spec §4-§5), without TensorFlow.
+"""Conversion of TensorFlow-era StyleGAN2 / StyleGAN2-ADA pickles, without TensorFlow.
 
-The test pickles are written here from the spec's variable table: tuples `(G, D, Gs)` of objects whose class is the
+The name mapping is summarised in docs/compatibility.md, "Pickles". The test pickles are written here from the
+reference's variable table: tuples `(G, D, Gs)` of objects whose class is the
 global `dnnlib.tflib.network.Network`, holding random NumPy variables in the TF layouts. Converted parameters are
-checked against the source variables after the spec's transforms, and converted networks are checked against an
+checked against the source variables after the reference's transforms, and converted networks are checked against an
 independent NumPy forward pass written with the TF-era formulas (TF weight layouts, TF's own up/down-sampling
 convolution recipe, the style bias `+1` applied at run time), which exercises every transform including the
 `Conv0_up` spatial flip.
@@ -107,7 +108,7 @@ def _load(data, **kwargs):
 
 # ----------------------------------------------------------------------------
 # Synthetic TF variables. Each builder returns the TF variables and `expected`: PyTorch name -> expected value
-# (the source variable after the spec's transform), written from the TF side of the spec's tables.
+# (the source variable after the reference's transform), written from the TF side of the reference's tables.
 
 
 def _conv_to_torch(v):
@@ -703,6 +704,16 @@ def test_progressive_growing_generator_is_not_supported():
     tf_G = dict(tf_G, components=dict(tf_G["components"], synthesis=dict(synthesis, variables=renamed)))
     with pytest.raises(KeyError, match="synthesis/32x32/ToRGB"):
         legacy.convert_tf_generator(_load_stub(tf_G))
+
+
+def test_generator_renames_no_lod_variables():
+    """Only the discriminator renames `*_lod<n>` variables: a `ToRGB_lod0/...` variable of the generator itself is
+    ignored like any other variable no rule reads (it neither aliases `32x32/ToRGB` nor switches to 'orig')."""
+    tf_G, expected = _tf_generator(0, architecture="skip")
+    extra = [("ToRGB_lod0/weight", np.ones([1, 1, _nf(32), IMG_CHANNELS], np.float32))]
+    G = legacy.convert_tf_generator(_load_stub(dict(tf_G, variables=tf_G["variables"] + extra)))
+    assert G.init_kwargs.synthesis_kwargs.architecture == "skip"
+    _check_params(G, expected)
 
 
 def test_cli_writes_native_pickle(tmp_path):

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import dnnlib
 import projector
 from metrics import metric_utils
+from torch_utils.launch import default_device
 
 Z_DIM = 16
 W_DIM = 16
@@ -146,7 +147,7 @@ def read_png(path) -> np.ndarray:
 def assert_same_image(actual: np.ndarray, expected: np.ndarray, name: str = ""):
     """Bit-exact on the CPU; CUDA kernels may round differently, so allow one code value there."""
     assert actual.shape == expected.shape, name
-    if projector.default_device().type == "cpu":
+    if default_device().type == "cpu":
         np.testing.assert_array_equal(actual, expected, err_msg=name)
     else:
         assert np.abs(actual.astype(int) - expected.astype(int)).max() <= 1, name
@@ -335,7 +336,7 @@ def test_cli_outputs_and_video(env, tmp_path):
     # proj.png is rendered with the network's original constant noise, not the optimised noise.
     proj = read_png(outdir / "proj.png")
     assert proj.shape == (RESOLUTION, RESOLUTION, 3)
-    assert_same_image(proj, render(env["G"], torch.from_numpy(w[0]), projector.default_device()), "proj.png")
+    assert_same_image(proj, render(env["G"], torch.from_numpy(w[0]), default_device()), "proj.png")
 
     if want_video:
         import imageio_ffmpeg

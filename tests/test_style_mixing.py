@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from conftest import REPO_ROOT
 from test_generate import RESOLUTION, assert_same_image, build_snapshot, on_tool_device
 
-import generate
 import style_mixing
+from torch_utils import images
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def seed_w(G, seed: int, psi: float) -> torch.Tensor:
 
 def render(G, w: torch.Tensor, noise_mode="const") -> np.ndarray:
     with torch.no_grad():
-        return generate.to_uint8_images(G.synthesis(w.unsqueeze(0), noise_mode=noise_mode))[0]
+        return images.generator_to_hwc(G.synthesis(w.unsqueeze(0), noise_mode=noise_mode))[0]
 
 
 def test_mixed_images_and_grid(tmp_path, uncond_pkl):
@@ -138,6 +138,12 @@ def test_errors(tmp_path, uncond_pkl):
     build_snapshot(cond, c_dim=3)
     result = run_cli("--network", cond, "--rows", "1", "--cols", "2", "--outdir", tmp_path / "o")
     assert result.exit_code == 2 and "supports unconditional networks only" in result.stderr
+
+    rgba = tmp_path / "rgba.pkl"
+    build_snapshot(rgba, img_channels=4)
+    result = run_cli("--network", rgba, "--rows", "1", "--cols", "2", "--outdir", tmp_path / "o")
+    assert result.exit_code == 2 and "Error: Cannot save images with 4 channels; expected 1 or 3\n" in result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_real_command_line(tmp_path, uncond_pkl):

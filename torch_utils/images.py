@@ -1,11 +1,15 @@
 """Conversions between the generator's float images and 8-bit pictures, in one place for every tool.
 
 The generator's range is [-1, 1] (float, `[N, C, H, W]`). Which float-to-uint8 formula a tool uses is part of the
-numbers users compare against the reference (FID of generated images, PNG bytes of `generate.py`), so each formula
-is kept exactly as docs/compatibility.md lists it:
+numbers users compare against the reference (FID of generated images, PNG bytes of the tools), so each formula is
+kept exactly as docs/compatibility.md, "Tools" lists it:
 
 - `generator_to_uint8`: `x * 127.5 + 128`, clamped to [0, 255], truncated (i.e. round half up). Used by
   `generate.py`, `style_mixing.py` and the metrics.
+- `projector_pixels` / `projector_to_hwc`: the projector's formula, `(x + 1) * (255 / 2)` (its LPIPS input, not
+  clamped), then clamped to [0, 255] and truncated for `proj.png` and the video. It rounds down where
+  `generator_to_uint8` rounds half up, so the two differ by one code value for some pixels (x = 0 gives 127 here,
+  128 there).
 - `float_to_uint8`: `(x - lo) * (255 / (hi - lo))`, rounded to nearest (half to even), clipped. Used by the
   training image grids (`reals.png`, `fakes*.png`) with the grid's `drange`.
 """
@@ -14,8 +18,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-# PIL modes of the channel counts that images can be written with.
+# PIL modes of the channel counts that images can be written with, and how messages call them.
 PIL_MODES = {1: "L", 3: "RGB"}
+_CHANNEL_NAMES = {1: "grayscale", 3: "RGB"}
 
 
 class ImageChannelsError(ValueError):
@@ -32,6 +37,16 @@ def generator_to_hwc(img: torch.Tensor) -> np.ndarray:
     return generator_to_uint8(img).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def projector_pixels(img: torch.Tensor) -> torch.Tensor:
+    """Generator output `[N, C, H, W]` -> float pixel values `[N, C, H, W]`, `(x + 1) * (255 / 2)`, not clamped."""
+    return (img + 1) * (255 / 2)
+
+
+def projector_to_hwc(img: torch.Tensor) -> np.ndarray:
+    """Generator output `[N, C, H, W]` -> uint8 NumPy `[N, H, W, C]` on the CPU: `projector_pixels`, clamp, truncate."""
+    return projector_pixels(img).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def float_to_uint8(img: np.ndarray, drange: tuple[float, float]) -> np.ndarray:
     """Float array with values in `drange` -> uint8 array of the same shape (round to nearest, clip)."""
     lo, hi = drange
@@ -42,8 +57,8 @@ def float_to_uint8(img: np.ndarray, drange: tuple[float, float]) -> np.ndarray:
 def check_channels(channels: int) -> None:
     """Raise `ImageChannelsError` unless images of `channels` channels can be written as PNG."""
     if channels not in PIL_MODES:
-        expected = " or ".join(f"{count} ({mode})" for count, mode in PIL_MODES.items())
-        raise ImageChannelsError(f"cannot save images with {channels} channels; expected {expected}")
+        expected = " or ".join(f"{count} ({name})" for count, name in _CHANNEL_NAMES.items())
+        raise ImageChannelsError(f"Cannot save images with {channels} channels; expected {expected}")
 
 
 def to_pil(image: np.ndarray) -> PIL.Image.Image:

@@ -1,8 +1,10 @@
 """Loading network pickles: training snapshots (ours and the reference's) and TensorFlow-era pickles.
 
 `load_network_pkl(f)` returns a dict with `G`, `D`, `G_ema`, `training_set_kwargs` and `augment_pipe`; TensorFlow-era
-pickles are converted by `training.tf_conversion`. `legacy.py` is the command line over this module and re-exports
-its public names for users' scripts.
+pickles are converted by `training.tf_conversion`. `load_network_from(path or URL)` opens the file or URL first; every
+error it raises is a `NetworkPickleError` whose message names the file or URL, which the command-line tools print as
+one line. `legacy.py` re-exports the public names for users' scripts. What a pickle holds and which defaults the
+loader fills in: docs/compatibility.md, "Pickles".
 """
 
 import copy
@@ -22,8 +24,16 @@ _FORCED_NUM_FP16_RES = 4
 _FORCED_CONV_CLAMP = 256
 
 
-class UnsupportedPickleError(RuntimeError):
+class NetworkPickleError(Exception):
+    """A network pickle could not be loaded; the message names the file or URL and says why."""
+
+
+class UnsupportedPickleError(NetworkPickleError, RuntimeError):
     """The file is not a network pickle this project can load (empty, truncated, not a pickle, wrong contents)."""
+
+
+class NetworkPickleReadError(NetworkPickleError, OSError):
+    """The file or URL of a network pickle could not be read (missing, a folder, no permission, download failed)."""
 
 
 class TFNetworkStub(dnnlib.EasyDict):
@@ -160,3 +170,22 @@ def load_network_pkl(f, force_fp16=False):
         for key in _NETWORK_KEYS:
             data[key] = _force_fp16_network(key, data[key])
     return data
+
+
+def load_network_from(url: str, force_fp16: bool = False, verbose: bool = True) -> dict:
+    """`load_network_pkl` of a local path, `file://` URL or http(s) URL (downloaded and cached by `open_url`).
+
+    Raises `NetworkPickleReadError` when the file or URL cannot be read and `UnsupportedPickleError` when it is not
+    a network pickle; both messages name `url`. `verbose` prints the download progress.
+    """
+    try:
+        with dnnlib.util.open_url(url, verbose=verbose) as f:
+            try:
+                return load_network_pkl(f, force_fp16=force_fp16)
+            except UnsupportedPickleError as exc:
+                if getattr(f, "name", None) is not None:
+                    raise  # The message already names the file.
+                # Downloads are read from memory, a stream without a name: name the URL instead.
+                raise UnsupportedPickleError(f"{url}: {exc}") from exc
+    except OSError as exc:
+        raise NetworkPickleReadError(f"Cannot read network pickle {url}: {exc}") from exc

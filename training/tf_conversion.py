@@ -3,7 +3,7 @@
 A TensorFlow StyleGAN2 / StyleGAN2-ADA pickle is a tuple `(G, D, Gs)` of `dnnlib.tflib.network.Network` objects.
 Unpickling turns each into a `training.pickles.TFNetworkStub`; the converters here read the stub's
 `static_kwargs` and `variables` and build `training.networks.Generator` / `Discriminator` modules with the same
-weights. The variable-name mapping is described in docs/compatibility.md.
+weights. The variable-name mapping is described in docs/compatibility.md, "Pickles".
 """
 
 import re
@@ -141,18 +141,11 @@ def convert_tf_generator(tf_G):
     )
     kwarg.check_all_known(_TF_G_IGNORED_KWARGS)
 
-    tf_params = _collect_tf_params(tf_G)
-    # Progressive-growing names; the collected names carry a `synthesis/` prefix, so this never matches in
-    # practice (such generators then fail below with a missing-variable error).
-    for name, value in list(tf_params.items()):
-        match = re.fullmatch(r"ToRGB_lod(\d+)/(.*)", name)
-        if match:
-            r = kwargs.img_resolution // (2 ** int(match.group(1)))
-            tf_params[f"{r}x{r}/ToRGB/{match.group(2)}"] = value
-            kwargs.synthesis_kwargs.architecture = "orig"
-
+    # Progressive-growing generators are not supported: they name their outputs `ToRGB_lod<n>`, so the rules below
+    # miss `synthesis/<r>x<r>/ToRGB/...` and fail with a KeyError naming it. (The discriminator's `FromRGB_lod<n>`
+    # inputs, by contrast, are renamed: they occur in real 'orig' networks.)
+    p = _collect_tf_params(tf_G)
     G = networks.Generator(**kwargs).eval().requires_grad_(False)
-    p = tf_params
 
     def s(r, layer, var):
         return p[f"synthesis/{r}x{r}/{layer}/{var}"]

@@ -1,0 +1,56 @@
+"""torch_utils/images.py: the float-to-uint8 formulas of the tools and the training grids, and PNG modes."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from torch_utils import images
+
+VALUES = [-1.0, -0.5, 0.0, 0.5, 1.0, -3.0, 3.0, 0.99]
+
+
+def _tensor(values):
+    return torch.tensor(values, dtype=torch.float32).reshape(1, 1, 1, -1)
+
+
+def test_generator_formula_rounds_half_up():
+    # x * 127.5 + 128, clamped, truncated: -0.5 -> 64.25 -> 64, 0 -> 128, 0.99 -> 254.225 -> 254.
+    assert images.generator_to_uint8(_tensor(VALUES)).reshape(-1).tolist() == [0, 64, 128, 191, 255, 0, 255, 254]
+    assert images.generator_to_uint8(_tensor(VALUES)).dtype == torch.uint8
+
+
+def test_projector_formula_truncates_and_differs_by_at_most_one():
+    x = _tensor(VALUES)
+    expected = (np.array(VALUES, np.float32) + 1) * np.float32(127.5)  # float32 arithmetic, not clamped
+    np.testing.assert_array_equal(images.projector_pixels(x).reshape(-1).numpy(), expected)
+    projected = images.projector_to_hwc(x).reshape(-1)
+    assert projected.tolist() == [0, 63, 127, 191, 255, 0, 255, 253]
+    dense = torch.linspace(-1.2, 1.2, 10001).reshape(1, 1, 1, -1)
+    diff = images.generator_to_hwc(dense).astype(int) - images.projector_to_hwc(dense).astype(int)
+    assert set(np.unique(diff)) == {0, 1}
+
+
+def test_hwc_layout():
+    img = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5) / 60 - 1
+    hwc = images.generator_to_hwc(img)
+    assert hwc.shape == (2, 4, 5, 3) and hwc.dtype == np.uint8
+    np.testing.assert_array_equal(hwc, images.generator_to_uint8(img).permute(0, 2, 3, 1).numpy())
+    assert images.projector_to_hwc(img).shape == (2, 4, 5, 3)
+
+
+def test_grid_formula_rounds_half_to_even():
+    scaled = np.array([0.5, 1.5, 2.5, -3.0, 300.0]) / 255  # in drange [0, 1]
+    assert images.float_to_uint8(scaled, (0, 1)).tolist() == [0, 2, 2, 0, 255]
+    assert images.float_to_uint8(np.array([-1.0, 1.0]), (-1, 1)).tolist() == [0, 255]
+
+
+def test_to_pil_modes_and_channel_errors():
+    rgb = np.zeros([2, 3, 3], np.uint8)
+    gray = np.full([2, 3, 1], 7, np.uint8)
+    assert images.to_pil(rgb).mode == "RGB" and images.to_pil(rgb).size == (3, 2)
+    assert images.to_pil(gray).mode == "L" and np.array(images.to_pil(gray)).tolist() == [[7, 7, 7]] * 2
+    with pytest.raises(images.ImageChannelsError, match=r"^Cannot save images with 4 channels; expected 1 \(grayscale"):
+        images.to_pil(np.zeros([2, 2, 4], np.uint8))
+    images.check_channels(3)
+    assert isinstance(images.to_pil(rgb), PIL.Image.Image)
