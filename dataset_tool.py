@@ -443,28 +443,29 @@ class StagedDestination:
                 os.makedirs(parent, exist_ok=True)
             except OSError as exc:
                 self._fail(exc, f"creating folder {exc.filename or parent}")
-        staging_dir = self.dest if os.path.isdir(self.dest) and not self.is_zip else parent or "."
+        # An existing (empty) folder is kept, with its owner and permissions, and may be '.', a link or a mount
+        # point: stage inside it and move the entries up at the end. Anything else is staged beside it.
+        stage_inside = not self.is_zip and os.path.isdir(self.dest)
+        staging_dir = self.dest if stage_inside else parent or "."
         try:
-            self._start_staging(parent)
+            self._start_staging(staging_dir, stage_inside)
         except OSError as exc:
             self._discard()
             self._fail(exc, f"creating a temporary {'file' if self.is_zip else 'folder'} in {staging_dir}")
         return self
 
-    def _start_staging(self, parent: str):
+    def _start_staging(self, staging_dir: str, stage_inside: bool):
         prefix = "." + os.path.basename(self.dest) + "."
         if self.is_zip:
-            fd, self.temp = tempfile.mkstemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
+            fd, self.temp = tempfile.mkstemp(dir=staging_dir, prefix=prefix, suffix=".tmp")
             os.close(fd)
             os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's private 0600 is not meant for the result
             self.archive = zipfile.ZipFile(self.temp, mode="w", compression=zipfile.ZIP_STORED)
-        elif os.path.isdir(self.dest):
-            # An existing (empty) folder is kept, with its owner and permissions, and may be '.', a link or a
-            # mount point: stage inside it and move the entries up at the end.
-            self.temp = tempfile.mkdtemp(dir=self.dest, prefix=".dataset_tool.", suffix=".tmp")
+        elif stage_inside:
+            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=".dataset_tool.", suffix=".tmp")
             self.staged_inside = True
         else:
-            self.temp = tempfile.mkdtemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
+            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=prefix, suffix=".tmp")
             os.chmod(self.temp, 0o777 & ~_umask())
 
     def save(self, name: str, data: bytes):
@@ -599,7 +600,7 @@ def convert_dataset(
                 unlabelled += 1
                 first_unlabelled = first_unlabelled or source_name
         if has_labels and unlabelled:
-            # The spec's result (labels become null) stands; the warning says why a labelled source lost them.
+            # As in the reference, the labels become null; the warning says why a labelled source lost them.
             print(
                 f"Warning: {unlabelled} of {len(labels)} images have no label in {LABELS_FILE} "
                 f"(first: {first_unlabelled}); writing the dataset without labels",
