@@ -48,6 +48,7 @@ MNIST_PAD = 2  # 28x28 digits are zero-padded to a power-of-two 32x32
 
 ON_UNREADABLE_CHOICES = ["stop", "skip"]
 PALETTE_MODES = ("P", "PA")
+OUTPUT_CHANNELS = (1, 3)  # grayscale or RGB: what the written PNGs and the training code accept
 
 
 class DatasetToolError(Exception):
@@ -503,7 +504,7 @@ class StagedDestination:
             self.archive = None
         if self.staged_inside:
             # dataset.json last, so that a folder holding it holds every image.
-            for name in sorted(os.listdir(self.temp), key=lambda name: name == "dataset.json"):
+            for name in sorted(os.listdir(self.temp), key=lambda name: name == LABELS_FILE):
                 os.replace(os.path.join(self.temp, name), os.path.join(self.dest, name))
             os.rmdir(self.temp)
         else:
@@ -546,7 +547,7 @@ def _image_attrs(img: np.ndarray) -> tuple[int, int, int]:
 def _check_first_image(width: int, height: int, channels: int):
     if width != height:
         error(f"Image dimensions after scale and crop are required to be square.  Got {width}x{height}")
-    if channels not in (1, 3):
+    if channels not in OUTPUT_CHANNELS:
         error("Input images must be stored as RGB or grayscale")
     if width & (width - 1) != 0:
         error("Image width/height after scale and crop are required to be power-of-two")
