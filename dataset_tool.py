@@ -48,6 +48,7 @@ MNIST_PAD = 2  # 28x28 digits are zero-padded to a power-of-two 32x32
 
 ON_UNREADABLE_CHOICES = ["stop", "skip"]
 PALETTE_MODES = ("P", "PA")
+OUTPUT_CHANNELS = (1, 3)  # grayscale or RGB: what the written PNGs and the training code accept
 
 
 class DatasetToolError(Exception):
@@ -443,28 +444,29 @@ class StagedDestination:
                 os.makedirs(parent, exist_ok=True)
             except OSError as exc:
                 self._fail(exc, f"creating folder {exc.filename or parent}")
-        staging_dir = self.dest if os.path.isdir(self.dest) and not self.is_zip else parent or "."
+        # An existing (empty) folder is kept, with its owner and permissions, and may be '.', a link or a mount
+        # point: stage inside it and move the entries up at the end. Anything else is staged beside it.
+        stage_inside = not self.is_zip and os.path.isdir(self.dest)
+        staging_dir = self.dest if stage_inside else parent or "."
         try:
-            self._start_staging(parent)
+            self._start_staging(staging_dir, stage_inside)
         except OSError as exc:
             self._discard()
             self._fail(exc, f"creating a temporary {'file' if self.is_zip else 'folder'} in {staging_dir}")
         return self
 
-    def _start_staging(self, parent: str):
+    def _start_staging(self, staging_dir: str, stage_inside: bool):
         prefix = "." + os.path.basename(self.dest) + "."
         if self.is_zip:
-            fd, self.temp = tempfile.mkstemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
+            fd, self.temp = tempfile.mkstemp(dir=staging_dir, prefix=prefix, suffix=".tmp")
             os.close(fd)
             os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's private 0600 is not meant for the result
             self.archive = zipfile.ZipFile(self.temp, mode="w", compression=zipfile.ZIP_STORED)
-        elif os.path.isdir(self.dest):
-            # An existing (empty) folder is kept, with its owner and permissions, and may be '.', a link or a
-            # mount point: stage inside it and move the entries up at the end.
-            self.temp = tempfile.mkdtemp(dir=self.dest, prefix=".dataset_tool.", suffix=".tmp")
+        elif stage_inside:
+            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=".dataset_tool.", suffix=".tmp")
             self.staged_inside = True
         else:
-            self.temp = tempfile.mkdtemp(dir=parent or ".", prefix=prefix, suffix=".tmp")
+            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=prefix, suffix=".tmp")
             os.chmod(self.temp, 0o777 & ~_umask())
 
     def save(self, name: str, data: bytes):
@@ -502,7 +504,7 @@ class StagedDestination:
             self.archive = None
         if self.staged_inside:
             # dataset.json last, so that a folder holding it holds every image.
-            for name in sorted(os.listdir(self.temp), key=lambda name: name == "dataset.json"):
+            for name in sorted(os.listdir(self.temp), key=lambda name: name == LABELS_FILE):
                 os.replace(os.path.join(self.temp, name), os.path.join(self.dest, name))
             os.rmdir(self.temp)
         else:
@@ -545,7 +547,7 @@ def _image_attrs(img: np.ndarray) -> tuple[int, int, int]:
 def _check_first_image(width: int, height: int, channels: int):
     if width != height:
         error(f"Image dimensions after scale and crop are required to be square.  Got {width}x{height}")
-    if channels not in (1, 3):
+    if channels not in OUTPUT_CHANNELS:
         error("Input images must be stored as RGB or grayscale")
     if width & (width - 1) != 0:
         error("Image width/height after scale and crop are required to be power-of-two")
@@ -599,7 +601,7 @@ def convert_dataset(
                 unlabelled += 1
                 first_unlabelled = first_unlabelled or source_name
         if has_labels and unlabelled:
-            # The spec's result (labels become null) stands; the warning says why a labelled source lost them.
+            # As in the reference, the labels become null; the warning says why a labelled source lost them.
             print(
                 f"Warning: {unlabelled} of {len(labels)} images have no label in {LABELS_FILE} "
                 f"(first: {first_unlabelled}); writing the dataset without labels",

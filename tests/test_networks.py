@@ -77,6 +77,14 @@ def _compare_traces(traces, io, tol_kwargs):
 # Generator
 
 
+def _build_generator_case(case):
+    """(G, vectors, tolerance kwargs, synthesis kwargs): fp16 cases are compared in their float32 evaluation."""
+    G, io = _build(networks.Generator, f"G_{case}")
+    kwargs = json_value(io["kwargs"])
+    extra = dict(force_fp32=True) if kwargs["synthesis_kwargs"].get("num_fp16_res") else {}
+    return G, io, _tolerance_kwargs(kwargs), extra
+
+
 @pytest.mark.parametrize("case", G_CASES)
 def test_generator_mapping(case):
     G, io = _build(networks.Generator, f"G_{case}")
@@ -101,10 +109,7 @@ def test_generator_mapping(case):
 
 @pytest.mark.parametrize("case", G_CASES)
 def test_generator_synthesis_and_full(case):
-    G, io = _build(networks.Generator, f"G_{case}")
-    kwargs = json_value(io["kwargs"])
-    tol = _tolerance_kwargs(kwargs)
-    extra = dict(force_fp32=True) if kwargs["synthesis_kwargs"].get("num_fp16_res") else {}
+    G, io, tol, extra = _build_generator_case(case)
     ws, z, c = _t(io["ws"]), _t(io["z"]), _t(io["c"])
     with torch.no_grad():
         for noise_mode in ["const", "none"]:
@@ -128,10 +133,7 @@ def test_generator_synthesis_and_full(case):
 
 @pytest.mark.parametrize("case", G_CASES)
 def test_generator_gradients(case):
-    G, io = _build(networks.Generator, f"G_{case}")
-    kwargs = json_value(io["kwargs"])
-    tol = _tolerance_kwargs(kwargs)
-    extra = dict(force_fp32=True) if kwargs["synthesis_kwargs"].get("num_fp16_res") else {}
+    G, io, tol, extra = _build_generator_case(case)
     ws = _t(io["ws"]).requires_grad_(True)
     out = G.synthesis(ws, noise_mode="const", **extra)
     (out * _t(io["synthesis_r"])).sum().backward()
@@ -204,7 +206,8 @@ def test_discriminator_param_grads_and_traces():
 
 
 def _replay_generator_init(G):
-    """Expected initial randn draws of a Generator in the documented order (§17.2), from the current RNG state."""
+    """Expected initial randn draws of a Generator in the documented order (docs/compatibility.md, "Parameter and
+    buffer names"), from the current RNG state."""
     expected = {}
 
     def draw(name, shape, scale=1.0):
@@ -270,22 +273,21 @@ def _check_deterministic_init(net, expected):
             assert torch.equal(value, torch.zeros_like(value)), f"{name} must start at 0"
 
 
-@pytest.mark.parametrize("case", G_CASES)
-def test_generator_init_order_and_values(case):
-    kwargs = json_value(load_vectors(f"net_G_{case}_io.npz")["kwargs"])
-    torch.manual_seed(123)
-    G = networks.Generator(**kwargs)
-    torch.manual_seed(123)
-    _check_deterministic_init(G, _replay_generator_init(G))
+# Network class, replay of its documented draws, and the seed used for it.
+_INIT_REPLAYS = {
+    "G": (networks.Generator, _replay_generator_init, 123),
+    "D": (networks.Discriminator, _replay_discriminator_init, 321),
+}
 
 
-@pytest.mark.parametrize("case", D_CASES)
-def test_discriminator_init_order_and_values(case):
-    kwargs = json_value(load_vectors(f"net_D_{case}_io.npz")["kwargs"])
-    torch.manual_seed(321)
-    D = networks.Discriminator(**kwargs)
-    torch.manual_seed(321)
-    _check_deterministic_init(D, _replay_discriminator_init(D))
+@pytest.mark.parametrize("name", [f"G_{case}" for case in G_CASES] + [f"D_{case}" for case in D_CASES])
+def test_init_order_and_values(name):
+    cls, replay, seed = _INIT_REPLAYS[name[0]]
+    kwargs = json_value(load_vectors(f"net_{name}_io.npz")["kwargs"])
+    torch.manual_seed(seed)
+    net = cls(**kwargs)
+    torch.manual_seed(seed)
+    _check_deterministic_init(net, replay(net))
 
 
 @pytest.mark.parametrize("name", [f"G_{case}" for case in G_CASES] + [f"D_{case}" for case in D_CASES])

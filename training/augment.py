@@ -3,7 +3,7 @@
 The pipe applies a random, per-sample chain of geometric, colour, filtering and corruption transforms to a batch of
 images. Every step is differentiable with respect to the images (the R1 penalty differentiates through it twice).
 Seeded calls reproduce the reference exactly because the random draws are made with the same functions, shapes and
-order (spec training.md §2.5); see `AugmentPipe.forward` for the stage order.
+order (docs/compatibility.md, "Augmentation"); see `AugmentPipe.forward` for the stage order.
 """
 
 import fractions
@@ -85,7 +85,8 @@ def _preset_kwargs(groups: list[str]) -> dict:
     return {name: 1 for name in TRANSFORM_NAMES if name in enabled}
 
 
-# `--augpipe` presets of train.py (spec training.md §2.11): constructor kwargs, keys in canonical order.
+# `--augpipe` presets of train.py (docs/compatibility.md, "Augmentation"): constructor kwargs, keys in canonical
+# order.
 AUGPIPE_SPECS = {name: _preset_kwargs(groups) for name, groups in _PRESET_RECIPES.items()}
 
 # ----------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def _full_convolution(x: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 
 def build_filter_bank() -> np.ndarray:
-    """Build the image-space filter bank `Hz_fbank` as float32 [4, 43] (spec training.md §2.2).
+    """Build the image-space filter bank `Hz_fbank` as float32 [4, 43] (docs/compatibility.md, "Augmentation").
 
     Row 0 is a low-pass filter, rows 1-3 are band-pass filters of decreasing frequency; the float64 construction is
     kept (rather than a table of values), with a convolution of fixed rounding, so that the tiny residues match the
@@ -139,8 +140,8 @@ def build_filter_bank() -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------
-# Homogeneous matrix helpers (spec training.md §2.3). Entries are Python numbers or tensors of one common shape S;
-# the result has shape S + [rows, cols] and is float32.
+# Homogeneous matrix helpers. Entries are Python numbers or tensors of one common shape S; the result has shape
+# S + [rows, cols] and is float32.
 
 
 def _matrix(*rows, device=None) -> torch.Tensor:
@@ -213,7 +214,7 @@ def rotate3d(v, theta, device=None) -> torch.Tensor:
 
 
 def _reflect_padding(G_inv: torch.Tensor, width: int, height: int, guard: int) -> list[int]:
-    """Reflection padding [left, top, right, bottom] shared by the whole batch (spec training.md §2.6, step 1).
+    """Reflection padding [left, top, right, bottom] shared by the whole batch, as the reference computes it.
 
     Every sample's transformed image corners, widened by `guard` pixels for the resampling filter, must fall
     inside the padded image; one side never gets more padding than the reflection can supply (size - 1).
@@ -243,13 +244,101 @@ def _gate(value: torch.Tensor, keep: torch.Tensor, neutral: float) -> torch.Tens
     return torch.where(keep, value, torch.full_like(value, neutral))
 
 
+# Maps from a base sample (u ~ U[0, 1) or n ~ N(0, 1)) to a transform parameter. The arithmetic is written out in the
+# reference's order of operations: a different association of the factors would round differently.
+
+
+def _integer_below(count):
+    """u -> floor(u * count): an integer 0 .. count - 1."""
+    return lambda u: torch.floor(u * count)
+
+
+def _symmetric(*factors):
+    """u -> (2u - 1) * factor_1 * factor_2 ...: uniform on (-product, product), multiplied in the given order."""
+
+    def to_value(u):
+        value = u * 2 - 1
+        for factor in factors:
+            value = value * factor
+        return value
+
+    return to_value
+
+
+def _log2_normal(std):
+    """n -> 2^(n * std): a multiplicative factor around 1."""
+    return lambda n: torch.exp2(n * std)
+
+
+def _scaled(std):
+    """n -> n * std."""
+    return lambda n: n * std
+
+
+class _ParameterSampler:
+    """Draws the per-sample parameters of one `AugmentPipe.forward` call.
+
+    A parameter is `to_value(base)` for a base sample of shape [N, *shape] (`torch.rand` for uniform, `torch.randn`
+    for normal and, as its absolute value, half-normal). A second draw, `torch.rand` of shape [N, 1, ...], decides
+    per sample whether the transform applies (with probability `probability`); samples it skips get `neutral`. The
+    draws happen in this order and in the order the stages ask for parameters, which is what makes seeded runs
+    reproduce the reference (docs/compatibility.md, "Augmentation").
+
+    With a debug percentile d every sample gets `to_value` of the base sample's d-th "percentile" instead: d itself
+    (uniform), erfinv(2d - 1) (normal) or erfinv(d) (half-normal), or `neutral` where the caller says so. The draws
+    are still made, so the generator advances as without d.
+    """
+
+    def __init__(self, batch_size: int, device: torch.device, debug_percentile):
+        self.batch_size = batch_size
+        self.device = device
+        self.debug_percentile = debug_percentile  # None, or a float32 0-d tensor on `device`
+
+    def uniform(self, shape, to_value, probability, neutral, debug_neutral=False) -> torch.Tensor:
+        base = torch.rand([self.batch_size, *shape], device=self.device)
+        return self._finish(to_value, base, lambda d: d, probability, neutral, debug_neutral)
+
+    def normal(self, shape, to_value, probability, neutral, debug_neutral=False) -> torch.Tensor:
+        base = torch.randn([self.batch_size, *shape], device=self.device)
+        return self._finish(to_value, base, lambda d: torch.erfinv(d * 2 - 1), probability, neutral, debug_neutral)
+
+    def half_normal(self, shape, to_value, probability, neutral) -> torch.Tensor:
+        base = torch.randn([self.batch_size, *shape], device=self.device).abs()
+        return self._finish(to_value, base, torch.erfinv, probability, neutral, debug_neutral=False)
+
+    def keep(self, ndim: int, probability) -> torch.Tensor:
+        """Bool [N, 1, ...] (`ndim` axes): which samples the transform applies to."""
+        return torch.rand([self.batch_size] + [1] * (ndim - 1), device=self.device) < probability
+
+    def _finish(self, to_value, base, base_at_percentile, probability, neutral, debug_neutral):
+        value = to_value(base)
+        value = _gate(value, self.keep(value.ndim, probability), neutral)
+        if self.debug_percentile is None:
+            return value
+        if debug_neutral:
+            return torch.full_like(value, neutral)
+        return _forced(value, to_value(base_at_percentile(self.debug_percentile)))
+
+
 @persistence.persistent_class
 class AugmentPipe(torch.nn.Module):
     """ADA augmentation pipeline.
 
     Each `<transform>` argument is a probability multiplier (the per-sample probability is multiplier * p, and the
-    transform is enabled when it is > 0); the remaining arguments set the transforms' strengths. See spec
-    training.md §2.1 for the table of arguments.
+    transform is enabled when it is > 0); the remaining arguments set the transforms' strengths. By group:
+
+        xflip, rotate90, xint; xint_max                 mirror, quarter turns, whole-pixel shifts
+        scale, rotate, aniso, xfrac; scale_std,         zoom, free rotation, stretch, sub-pixel shift
+            rotate_max, aniso_std, xfrac_std
+        brightness, contrast, lumaflip, hue,            colour matrix terms
+            saturation; brightness_std, contrast_std,
+            hue_max, saturation_std
+        imgfilter; imgfilter_bands, imgfilter_std       random gain per frequency band (4 band multipliers)
+        noise, cutout; noise_std, cutout_size           additive Gaussian noise, a zeroed rectangle
+
+    `*_std` are standard deviations (of the base-2 logarithm for factors), `*_max` ranges where 1 is a full turn,
+    shifts and sizes are fractions of the image size. Names, defaults and their order are a compatibility contract
+    (docs/compatibility.md, "Augmentation").
     """
 
     def __init__(
@@ -345,88 +434,61 @@ class AugmentPipe(torch.nn.Module):
         device = images.device
         if debug_percentile is not None:
             debug_percentile = torch.as_tensor(debug_percentile, dtype=torch.float32, device=device)
+        draws = _ParameterSampler(images.shape[0], device, debug_percentile)
 
-        images = self._geometric(images, debug_percentile)
-        images = self._colour(images, debug_percentile)
+        images = self._geometric(images, draws)
+        images = self._colour(images, draws)
         if self.imgfilter > 0:
-            images = self._image_filter(images, debug_percentile)
+            images = self._image_filter(images, draws)
         if self.noise > 0:
-            images = self._additive_noise(images, debug_percentile)
+            images = self._additive_noise(images, draws)
         if self.cutout > 0:
-            images = self._cutout(images, debug_percentile)
+            images = self._cutout(images, draws)
         return images
 
     # ------------------------------------------------------------------------
-    # Geometric transforms (spec training.md §2.6).
+    # Geometric transforms (docs/compatibility.md, "Augmentation").
 
-    def _geometric(self, images: torch.Tensor, d) -> torch.Tensor:
-        batch_size, num_channels, height, width = images.shape
-        device = images.device
-
+    def _geometric(self, images: torch.Tensor, draws: _ParameterSampler) -> torch.Tensor:
+        """Compose the enabled geometric transforms into one matrix per sample and resample the images once."""
+        height, width = images.shape[2:]
+        p = self.p
         # G_inv maps output pixel coordinates to input pixel coordinates, so each transform contributes its inverse.
-        I_3 = torch.eye(3, device=device)
-        G_inv = I_3
+        identity = torch.eye(3, device=images.device)
+        G_inv = identity
 
         if self.xflip > 0:
-            i = torch.floor(torch.rand([batch_size], device=device) * 2)
-            i = _gate(i, torch.rand([batch_size], device=device) < self.xflip * self.p, 0)
-            if d is not None:
-                i = _forced(i, torch.floor(d * 2))
-            G_inv = G_inv @ scale2d_inv(1 - 2 * i, 1)
-
+            flip = draws.uniform([], _integer_below(2), self.xflip * p, 0)
+            G_inv = G_inv @ scale2d_inv(1 - 2 * flip, 1)
         if self.rotate90 > 0:
-            i = torch.floor(torch.rand([batch_size], device=device) * 4)
-            i = _gate(i, torch.rand([batch_size], device=device) < self.rotate90 * self.p, 0)
-            if d is not None:
-                i = _forced(i, torch.floor(d * 4))
-            G_inv = G_inv @ rotate2d_inv(-np.pi / 2 * i)
-
+            quarter_turns = draws.uniform([], _integer_below(4), self.rotate90 * p, 0)
+            G_inv = G_inv @ rotate2d_inv(-np.pi / 2 * quarter_turns)
         if self.xint > 0:
-            t = (torch.rand([batch_size, 2], device=device) * 2 - 1) * self.xint_max
-            t = _gate(t, torch.rand([batch_size, 1], device=device) < self.xint * self.p, 0)
-            if d is not None:
-                t = _forced(t, (d * 2 - 1) * self.xint_max)
-            G_inv = G_inv @ translate2d_inv(torch.round(t[:, 0] * width), torch.round(t[:, 1] * height))
-
+            shift = draws.uniform([2], _symmetric(self.xint_max), self.xint * p, 0)
+            G_inv = G_inv @ translate2d_inv(torch.round(shift[:, 0] * width), torch.round(shift[:, 1] * height))
         if self.scale > 0:
-            s = torch.exp2(torch.randn([batch_size], device=device) * self.scale_std)
-            s = _gate(s, torch.rand([batch_size], device=device) < self.scale * self.p, 1)
-            if d is not None:
-                s = _forced(s, torch.exp2(torch.erfinv(d * 2 - 1) * self.scale_std))
-            G_inv = G_inv @ scale2d_inv(s, s)
+            zoom = draws.normal([], _log2_normal(self.scale_std), self.scale * p, 1)
+            G_inv = G_inv @ scale2d_inv(zoom, zoom)
 
-        # Split the rotation probability between a pre- and a post-rotation so that P(either) = rotate * p.
-        p_rot = 1 - torch.sqrt((1 - self.rotate * self.p).clamp(0, 1))
+        # The rotation probability is split between a rotation before and one after the anisotropic scaling, so
+        # that P(either) = rotate * p. Under a debug percentile only the first one turns.
+        p_rot = 1 - torch.sqrt((1 - self.rotate * p).clamp(0, 1))
         if self.rotate > 0:
-            theta = (torch.rand([batch_size], device=device) * 2 - 1) * np.pi * self.rotate_max
-            theta = _gate(theta, torch.rand([batch_size], device=device) < p_rot, 0)
-            if d is not None:
-                theta = _forced(theta, (d * 2 - 1) * np.pi * self.rotate_max)
+            theta = draws.uniform([], _symmetric(np.pi, self.rotate_max), p_rot, 0)
             G_inv = G_inv @ rotate2d_inv(-theta)
-
         if self.aniso > 0:
-            s = torch.exp2(torch.randn([batch_size], device=device) * self.aniso_std)
-            s = _gate(s, torch.rand([batch_size], device=device) < self.aniso * self.p, 1)
-            if d is not None:
-                s = _forced(s, torch.exp2(torch.erfinv(d * 2 - 1) * self.aniso_std))
-            G_inv = G_inv @ scale2d_inv(s, 1 / s)
-
+            stretch = draws.normal([], _log2_normal(self.aniso_std), self.aniso * p, 1)
+            G_inv = G_inv @ scale2d_inv(stretch, 1 / stretch)
         if self.rotate > 0:
-            theta = (torch.rand([batch_size], device=device) * 2 - 1) * np.pi * self.rotate_max
-            theta = _gate(theta, torch.rand([batch_size], device=device) < p_rot, 0)
-            if d is not None:
-                theta = torch.zeros_like(theta)
+            theta = draws.uniform([], _symmetric(np.pi, self.rotate_max), p_rot, 0, debug_neutral=True)
             G_inv = G_inv @ rotate2d_inv(-theta)
 
         if self.xfrac > 0:
-            t = torch.randn([batch_size, 2], device=device) * self.xfrac_std
-            t = _gate(t, torch.rand([batch_size, 1], device=device) < self.xfrac * self.p, 0)
-            if d is not None:
-                t = _forced(t, torch.erfinv(d * 2 - 1) * self.xfrac_std)
-            G_inv = G_inv @ translate2d_inv(t[:, 0] * width, t[:, 1] * height)
+            shift = draws.normal([2], _scaled(self.xfrac_std), self.xfrac * p, 0)
+            G_inv = G_inv @ translate2d_inv(shift[:, 0] * width, shift[:, 1] * height)
 
         # Execute whenever a geometric transform is enabled, even if every sample was gated off.
-        if G_inv is I_3:
+        if G_inv is identity:
             return images
         return self._resample(images, G_inv)
 
@@ -465,87 +527,58 @@ class AugmentPipe(torch.nn.Module):
         return upfirdn2d.downsample2d(x=images, f=self.Hz_geom, down=2, padding=-filter_reach * 2, flip_filter=True)
 
     # ------------------------------------------------------------------------
-    # Colour transforms (spec training.md §2.7).
+    # Colour transforms (docs/compatibility.md, "Augmentation").
 
-    def _colour(self, images: torch.Tensor, d) -> torch.Tensor:
-        batch_size, num_channels, height, width = images.shape
-        device = images.device
-
-        I_4 = torch.eye(4, device=device)
-        C = I_4
+    def _colour(self, images: torch.Tensor, draws: _ParameterSampler) -> torch.Tensor:
+        """Compose the enabled colour transforms into one 4x4 matrix per sample (RGB + offset) and apply it."""
+        num_channels = images.shape[1]
+        p = self.p
+        identity = torch.eye(4, device=images.device)
+        C = identity
 
         if self.brightness > 0:
-            b = torch.randn([batch_size], device=device) * self.brightness_std
-            b = _gate(b, torch.rand([batch_size], device=device) < self.brightness * self.p, 0)
-            if d is not None:
-                b = _forced(b, torch.erfinv(d * 2 - 1) * self.brightness_std)
-            C = translate3d(b, b, b) @ C
-
+            offset = draws.normal([], _scaled(self.brightness_std), self.brightness * p, 0)
+            C = translate3d(offset, offset, offset) @ C
         if self.contrast > 0:
-            c = torch.exp2(torch.randn([batch_size], device=device) * self.contrast_std)
-            c = _gate(c, torch.rand([batch_size], device=device) < self.contrast * self.p, 1)
-            if d is not None:
-                c = _forced(c, torch.exp2(torch.erfinv(d * 2 - 1) * self.contrast_std))
-            C = scale3d(c, c, c) @ C
+            gain = draws.normal([], _log2_normal(self.contrast_std), self.contrast * p, 1)
+            C = scale3d(gain, gain, gain) @ C
 
-        v = misc.constant(np.asarray([1, 1, 1, 0]) / np.sqrt(3), device=device)  # Luma axis.
+        v = misc.constant(np.asarray([1, 1, 1, 0]) / np.sqrt(3), device=images.device)  # Luma axis.
         vv = torch.outer(v, v)
-
         if self.lumaflip > 0:
-            i = torch.floor(torch.rand([batch_size, 1, 1], device=device) * 2)
-            i = _gate(i, torch.rand([batch_size, 1, 1], device=device) < self.lumaflip * self.p, 0)
-            if d is not None:
-                i = _forced(i, torch.floor(d * 2))
-            C = (I_4 - 2 * vv * i) @ C  # Householder reflection about the luma plane.
-
+            flip = draws.uniform([1, 1], _integer_below(2), self.lumaflip * p, 0)
+            C = (identity - 2 * vv * flip) @ C  # Householder reflection about the luma plane.
         if self.hue > 0 and num_channels > 1:
-            theta = (torch.rand([batch_size], device=device) * 2 - 1) * np.pi * self.hue_max
-            theta = _gate(theta, torch.rand([batch_size], device=device) < self.hue * self.p, 0)
-            if d is not None:
-                theta = _forced(theta, (d * 2 - 1) * np.pi * self.hue_max)
+            theta = draws.uniform([], _symmetric(np.pi, self.hue_max), self.hue * p, 0)
             C = rotate3d(v, theta) @ C  # Rotate around the luma axis.
-
         if self.saturation > 0 and num_channels > 1:
-            s = torch.exp2(torch.randn([batch_size, 1, 1], device=device) * self.saturation_std)
-            s = _gate(s, torch.rand([batch_size, 1, 1], device=device) < self.saturation * self.p, 1)
-            if d is not None:
-                s = _forced(s, torch.exp2(torch.erfinv(d * 2 - 1) * self.saturation_std))
-            C = (vv + (I_4 - vv) * s) @ C
+            saturation = draws.normal([1, 1], _log2_normal(self.saturation_std), self.saturation * p, 1)
+            C = (vv + (identity - vv) * saturation) @ C
 
-        if C is I_4:
+        if C is identity:
             return images
-        C = C.to(images.dtype)
-        images = images.reshape([batch_size, num_channels, height * width])
-        if num_channels == 3:
-            images = C[:, :3, :3] @ images + C[:, :3, 3:]
-        elif num_channels == 1:
-            C = C[:, :3, :].mean(dim=1, keepdim=True)
-            images = images * C[:, :, :3].sum(dim=2, keepdim=True) + C[:, :, 3:]
-        else:
-            raise ValueError("Image must be RGB (3 channels) or L (1 channel)")
-        return images.reshape([batch_size, num_channels, height, width])
+        return _apply_colour_matrix(images, C)
 
     # ------------------------------------------------------------------------
-    # Image-space filtering (spec training.md §2.8).
+    # Image-space filtering (docs/compatibility.md, "Augmentation").
 
-    def _image_filter(self, images: torch.Tensor, d) -> torch.Tensor:
+    def _image_filter(self, images: torch.Tensor, draws: _ParameterSampler) -> torch.Tensor:
         batch_size, num_channels, height, width = images.shape
         device = images.device
         num_bands = self.Hz_fbank.shape[0]
         band_power = misc.constant(np.asarray(FBANK_EXPECTED_POWER) / np.sum(FBANK_EXPECTED_POWER), device=device)
 
         # Per-band amplitude gains; each band's draw is renormalised so that the expected image power is unchanged.
+        # A band with multiplier 0 is never scaled, not even under a debug percentile, but its draws are made.
         band_gains = torch.ones([batch_size, num_bands], device=device)
         for band, band_strength in enumerate(self.imgfilter_bands):
-            amplitude = torch.exp2(torch.randn([batch_size], device=device) * self.imgfilter_std)
-            amplitude = _gate(
-                amplitude, torch.rand([batch_size], device=device) < self.imgfilter * self.p * band_strength, 1
+            amplitude = draws.normal(
+                [],
+                _log2_normal(self.imgfilter_std),
+                self.imgfilter * self.p * band_strength,
+                1,
+                debug_neutral=not band_strength > 0,
             )
-            if d is not None:
-                if band_strength > 0:
-                    amplitude = _forced(amplitude, torch.exp2(torch.erfinv(d * 2 - 1) * self.imgfilter_std))
-                else:
-                    amplitude = torch.ones_like(amplitude)
             step = torch.ones([batch_size, num_bands], device=device)
             step[:, band] = amplitude
             step = step / (band_power * step.square()).sum(dim=-1, keepdim=True).sqrt()
@@ -563,30 +596,44 @@ class AugmentPipe(torch.nn.Module):
         return images.reshape([batch_size, num_channels, height, width])
 
     # ------------------------------------------------------------------------
-    # Corruptions (spec training.md §2.9).
+    # Corruptions (docs/compatibility.md, "Augmentation").
 
-    def _additive_noise(self, images: torch.Tensor, d) -> torch.Tensor:
-        batch_size, num_channels, height, width = images.shape
-        device = images.device
-        sigma = torch.randn([batch_size, 1, 1, 1], device=device).abs() * self.noise_std
-        sigma = _gate(sigma, torch.rand([batch_size, 1, 1, 1], device=device) < self.noise * self.p, 0)
-        if d is not None:
-            sigma = _forced(sigma, torch.erfinv(d) * self.noise_std)
-        noise = torch.randn([batch_size, num_channels, height, width], device=device) * sigma
+    def _additive_noise(self, images: torch.Tensor, draws: _ParameterSampler) -> torch.Tensor:
+        sigma = draws.half_normal([1, 1, 1], _scaled(self.noise_std), self.noise * self.p, 0)
+        noise = torch.randn(list(images.shape), device=images.device) * sigma
         return images + noise.to(images.dtype)
 
-    def _cutout(self, images: torch.Tensor, d) -> torch.Tensor:
-        batch_size, num_channels, height, width = images.shape
+    def _cutout(self, images: torch.Tensor, draws: _ParameterSampler) -> torch.Tensor:
+        batch_size, _, height, width = images.shape
         device = images.device
+        # [N, 2 (x, y), 1, 1, 1]: broadcastable against the [1, 1, H, W]-shaped coordinate grids below.
         size = torch.full([batch_size, 2, 1, 1, 1], self.cutout_size, device=device)
-        size = _gate(size, torch.rand([batch_size, 1, 1, 1, 1], device=device) < self.cutout * self.p, 0)
+        size = _gate(size, draws.keep(size.ndim, self.cutout * self.p), 0)
         center = torch.rand([batch_size, 2, 1, 1, 1], device=device)
-        if d is not None:
+        if draws.debug_percentile is not None:
             size = torch.full_like(size, self.cutout_size)
-            center = _forced(center, d)
+            center = _forced(center, draws.debug_percentile)
         coord_x = torch.arange(width, device=device).reshape([1, 1, 1, -1])
         coord_y = torch.arange(height, device=device).reshape([1, 1, -1, 1])
         mask_x = ((coord_x + 0.5) / width - center[:, 0]).abs() >= size[:, 0] / 2
         mask_y = ((coord_y + 0.5) / height - center[:, 1]).abs() >= size[:, 1] / 2
         mask = torch.logical_or(mask_x, mask_y).to(images.dtype)
         return images * mask
+
+
+def _apply_colour_matrix(images: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """images [N, C, H, W] with C = 3 (RGB) or 1 (luma), C: [N, 4, 4] acting on (r, g, b, 1) -> same shape.
+
+    A one-channel image stands for a gray RGB pixel: it gets the mean of the matrix's three output rows.
+    """
+    batch_size, num_channels, height, width = images.shape
+    C = C.to(images.dtype)
+    pixels = images.reshape([batch_size, num_channels, height * width])
+    if num_channels == 3:
+        pixels = C[:, :3, :3] @ pixels + C[:, :3, 3:]
+    elif num_channels == 1:
+        C = C[:, :3, :].mean(dim=1, keepdim=True)
+        pixels = pixels * C[:, :, :3].sum(dim=2, keepdim=True) + C[:, :, 3:]
+    else:
+        raise ValueError("Image must be RGB (3 channels) or L (1 channel)")
+    return pixels.reshape([batch_size, num_channels, height, width])

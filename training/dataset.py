@@ -191,25 +191,35 @@ class Dataset(torch.utils.data.Dataset):
     def label_shape(self):
         """`[num_classes]` for class labels (over all raw images, not just the subset), else `[D]`."""
         if self._label_shape is None:
-            raw_labels = self._get_raw_labels()
-            if raw_labels.dtype == _CLASS_LABEL_DTYPE:
-                self._label_shape = [int(np.max(raw_labels)) + 1]
-            else:
-                self._label_shape = list(raw_labels.shape[1:])
+            self._label_shape = _label_shape_of(self._get_raw_labels())
         return list(self._label_shape)
 
     @property
     def label_dim(self):
-        assert len(self.label_shape) == 1
-        return self.label_shape[0]
+        """Length of an item's label vector (the number of classes for one-hot labels, 0 without labels)."""
+        shape = self.label_shape
+        assert len(shape) == 1, f"label_dim needs one-dimensional labels, found label shape {shape}"
+        return shape[0]
 
     @property
     def has_labels(self):
-        return any(x != 0 for x in self.label_shape)
+        return any(self.label_shape)  # False for [0]: labels disabled or absent
 
     @property
     def has_onehot_labels(self):
-        return self._get_raw_labels().dtype == _CLASS_LABEL_DTYPE
+        return _is_class_table(self._get_raw_labels())
+
+
+def _is_class_table(raw_labels):
+    """Whether a raw label table holds class indices (items get them one-hot) rather than label vectors."""
+    return raw_labels.dtype == _CLASS_LABEL_DTYPE
+
+
+def _label_shape_of(raw_labels):
+    """Label shape of a raw table: [largest class index + 1] for class indices, else the shape of one vector."""
+    if _is_class_table(raw_labels):
+        return [int(np.max(raw_labels)) + 1]
+    return list(raw_labels.shape[1:])
 
 
 def _checked_raw_labels(labels, num_raw):
@@ -217,7 +227,7 @@ def _checked_raw_labels(labels, num_raw):
     assert isinstance(labels, np.ndarray), f"raw labels must be a numpy array, found {type(labels).__name__}"
     assert labels.shape[0] == num_raw, f"expected raw labels for {num_raw} images, found {labels.shape[0]}"
     assert labels.dtype in (_VECTOR_LABEL_DTYPE, _CLASS_LABEL_DTYPE), f"unsupported raw label dtype {labels.dtype}"
-    if labels.dtype == _CLASS_LABEL_DTYPE:
+    if _is_class_table(labels):
         assert labels.ndim == 1, f"class labels must be one index per image, found shape {list(labels.shape)}"
         assert (labels >= 0).all(), "class labels must be non-negative"
     return labels

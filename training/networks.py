@@ -18,10 +18,48 @@ DEFAULT_RESAMPLE_FILTER = [1, 3, 3, 1]
 RESIDUAL_GAIN = np.sqrt(0.5)
 ARCHITECTURES = ("orig", "skip", "resnet")
 NOISE_MODES = ("random", "const", "none")
+# fp16 is never used below this resolution, whatever `num_fp16_res` asks for.
+_LOWEST_FP16_RESOLUTION = 8
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Construction and format helpers shared by several classes (plain functions: pickles reference only the classes).
 
 
 def _memory_format(channels_last):
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _store(module, **settings):
+    """Keep constructor settings as plain attributes under their argument names.
+
+    They are part of a module's pickled state and user scripts read them (`G.z_dim`, `G.num_ws`, ...), so the
+    names belong to the compatibility contract (docs/compatibility.md, "Parameter and buffer names").
+    """
+    for name, value in settings.items():
+        setattr(module, name, value)
+
+
+def _activation_format(use_fp16, channels_last, force_fp32):
+    """(dtype, memory format) of a block's activations; `force_fp32` overrides both fp16 settings."""
+    if force_fp32:
+        return torch.float32, torch.contiguous_format
+    return (torch.float16 if use_fp16 else torch.float32), _memory_format(channels_last)
+
+
+def _block_input(x, channels, resolution, dtype, memory_format):
+    """Check that `x` is [N, channels, resolution, resolution] and convert it to the block's dtype and format."""
+    misc.assert_shape(x, [None, channels, resolution, resolution])
+    return x.to(dtype=dtype, memory_format=memory_format)
+
+
+def _channels_per_resolution(resolutions, channel_base, channel_max):
+    """Feature maps of the blocks at each resolution: channel_base / resolution, capped at channel_max."""
+    return {res: min(channel_base // res, channel_max) for res in resolutions}
+
+
+def _fp16_threshold(img_resolution_log2, num_fp16_res):
+    """Lowest resolution whose blocks run in fp16: the `num_fp16_res` highest resolutions do."""
+    return max(2 ** (img_resolution_log2 + 1 - num_fp16_res), _LOWEST_FP16_RESOLUTION)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -130,6 +168,28 @@ def _activation_modconv(x, weight, styles, demod, noise, resample_kwargs):
 # Layers
 
 
+def _conv_weight(out_channels, in_channels, kernel_size, channels_last):
+    """A freshly drawn kernel [out_channels, in_channels, k, k] (one `torch.randn` call) in the wanted memory format."""
+    weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+    return weight.to(memory_format=_memory_format(channels_last))
+
+
+def _setup_conv_output(layer, kernel_size, activation, resample_filter, conv_clamp):
+    """Settings shared by Conv2dLayer and SynthesisLayer: 'same' padding, the activation with its default gain, the
+    clamp, and the FIR filter buffer (registered even when the layer never resamples: it is in the state dict)."""
+    layer.activation = activation
+    layer.conv_clamp = conv_clamp
+    layer.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
+    layer.padding = kernel_size // 2
+    layer.act_gain = bias_act.activation_funcs[activation].def_gain
+
+
+def _conv_bias_act(layer, x, bias, gain):
+    """Bias and activation of a conv layer; the caller's `gain` scales both the activation gain and the clamp."""
+    clamp = None if layer.conv_clamp is None else layer.conv_clamp * gain
+    return bias_act.bias_act(x, bias, act=layer.activation, gain=layer.act_gain * gain, clamp=clamp)
+
+
 @persistence.persistent_class
 class FullyConnectedLayer(torch.nn.Module):
     """Dense layer with equalised learning rate: [N, in_features] -> [N, out_features]."""
@@ -137,22 +197,27 @@ class FullyConnectedLayer(torch.nn.Module):
     def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1, bias_init=0):
         super().__init__()
         self.activation = activation
-        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = torch.nn.Parameter(torch.full([out_features], np.float32(bias_init))) if bias else None
+        # Equalised learning rate: the stored tensors are scaled by 1/lr_multiplier against their effective values
+        # (the weight also by sqrt(fan-in)), so optimiser steps on them act lr_multiplier times smaller; these
+        # run-time gains undo the scaling.
         self.weight_gain = lr_multiplier / np.sqrt(in_features)
         self.bias_gain = lr_multiplier
+        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = torch.nn.Parameter(torch.full([out_features], np.float32(bias_init))) if bias else None
+
+    def _effective_bias(self, dtype):
+        """The bias in `dtype` times bias_gain (a gain of 1 is skipped: no extra rounding), or None."""
+        if self.bias is None:
+            return None
+        bias = self.bias.to(dtype)
+        return bias if self.bias_gain == 1 else bias * self.bias_gain
 
     def forward(self, x):
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        x = x.matmul(w.t())
-        return bias_act.bias_act(x, b, act=self.activation)
+        weight_t = (self.weight.to(x.dtype) * self.weight_gain).t()  # [in_features, out_features]
+        bias = self._effective_bias(x.dtype)
+        if bias is not None and self.activation == "linear":
+            return torch.addmm(bias.unsqueeze(0), x, weight_t)  # bias + x @ W^T in one fused call
+        return bias_act.bias_act(x.matmul(weight_t), bias, act=self.activation)
 
     def extra_repr(self):
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, activation={self.activation}"
@@ -181,17 +246,11 @@ class Conv2dLayer(torch.nn.Module):
         trainable=True,
     ):
         super().__init__()
-        self.activation = activation
-        self.up = up
-        self.down = down
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
-        self.padding = kernel_size // 2
+        _store(self, up=up, down=down)
+        _setup_conv_output(self, kernel_size, activation, resample_filter, conv_clamp)
         self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size**2))
-        self.act_gain = bias_act.activation_funcs[activation].def_gain
 
-        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
-        weight = weight.to(memory_format=_memory_format(channels_last))
+        weight = _conv_weight(out_channels, in_channels, kernel_size, channels_last)
         bias = torch.zeros([out_channels]) if bias else None
         if trainable:
             self.weight = torch.nn.Parameter(weight)
@@ -217,13 +276,17 @@ class Conv2dLayer(torch.nn.Module):
             padding=self.padding,
             flip_weight=(self.up == 1),
         )
-        act_gain = self.act_gain * gain
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act.bias_act(x, b, act=self.activation, gain=act_gain, clamp=act_clamp)
+        return _conv_bias_act(self, x, b, gain)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Generator
+
+
+def _mapping_layer_sizes(input_features, hidden_features, w_dim, num_layers):
+    """(in_features, out_features) of fc0 ... fc{num_layers - 1}: input -> hidden -> ... -> hidden -> w_dim."""
+    sizes = [input_features] + [hidden_features] * (num_layers - 1) + [w_dim]
+    return [(sizes[idx], sizes[idx + 1]) for idx in range(num_layers)]
 
 
 @persistence.persistent_class
@@ -247,30 +310,16 @@ class MappingNetwork(torch.nn.Module):
         w_avg_beta=0.995,
     ):
         super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-
-        if embed_features is None:
-            embed_features = w_dim
-        if c_dim == 0:
-            embed_features = 0
-        if layer_features is None:
-            layer_features = w_dim
-        features_list = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+        _store(self, z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=num_ws, num_layers=num_layers, w_avg_beta=w_avg_beta)
+        # Without labels there is no embedding, whatever embed_features says.
+        embed_width = 0 if c_dim == 0 else (w_dim if embed_features is None else embed_features)
+        hidden_width = w_dim if layer_features is None else layer_features
 
         if c_dim > 0:
-            self.embed = FullyConnectedLayer(c_dim, embed_features)
-        for idx in range(num_layers):
-            layer = FullyConnectedLayer(
-                features_list[idx],
-                features_list[idx + 1],
-                activation=activation,
-                lr_multiplier=lr_multiplier,
-            )
+            self.embed = FullyConnectedLayer(c_dim, embed_width)
+        layer_sizes = _mapping_layer_sizes(z_dim + embed_width, hidden_width, w_dim, num_layers)
+        for idx, (in_features, out_features) in enumerate(layer_sizes):
+            layer = FullyConnectedLayer(in_features, out_features, activation=activation, lr_multiplier=lr_multiplier)
             setattr(self, f"fc{idx}", layer)
 
         if num_ws is not None and w_avg_beta is not None:
@@ -326,18 +375,11 @@ class SynthesisLayer(torch.nn.Module):
         channels_last=False,
     ):
         super().__init__()
-        self.resolution = resolution
-        self.up = up
-        self.use_noise = use_noise
-        self.activation = activation
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
-        self.padding = kernel_size // 2
-        self.act_gain = bias_act.activation_funcs[activation].def_gain
+        _store(self, resolution=resolution, up=up, use_noise=use_noise)
+        _setup_conv_output(self, kernel_size, activation, resample_filter, conv_clamp)
 
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
-        self.weight = torch.nn.Parameter(weight.to(memory_format=_memory_format(channels_last)))
+        self.weight = torch.nn.Parameter(_conv_weight(out_channels, in_channels, kernel_size, channels_last))
         if use_noise:
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
@@ -367,9 +409,7 @@ class SynthesisLayer(torch.nn.Module):
             flip_weight=(self.up == 1),
             fused_modconv=fused_modconv,
         )
-        act_gain = self.act_gain * gain
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
+        return _conv_bias_act(self, x, self.bias.to(x.dtype), gain)
 
 
 @persistence.persistent_class
@@ -380,8 +420,7 @@ class ToRGBLayer(torch.nn.Module):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
-        self.weight = torch.nn.Parameter(weight.to(memory_format=_memory_format(channels_last)))
+        self.weight = torch.nn.Parameter(_conv_weight(out_channels, in_channels, kernel_size, channels_last))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size**2))
 
@@ -417,47 +456,35 @@ class SynthesisBlock(torch.nn.Module):
     ):
         assert architecture in ARCHITECTURES, f"SynthesisBlock: architecture must be one of {ARCHITECTURES}"
         super().__init__()
-        self.in_channels = in_channels
-        self.w_dim = w_dim
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.is_last = is_last
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
+        _store(self, in_channels=in_channels, w_dim=w_dim, resolution=resolution, img_channels=img_channels)
+        _store(self, is_last=is_last, architecture=architecture, use_fp16=use_fp16)
         self.channels_last = use_fp16 and fp16_channels_last
-        self.num_conv = 0
-        self.num_torgb = 0
+        # How many ws the block consumes: conv1 always, conv0 except in the first block (which starts from `const`),
+        # and torgb in the last block or throughout the 'skip' architecture.
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.num_torgb = 1 if is_last or architecture == "skip" else 0
         self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
 
-        if in_channels == 0:
-            self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
-        else:
-            self.conv0 = SynthesisLayer(
-                in_channels,
+        def synthesis_layer(layer_in_channels, **resampling):
+            return SynthesisLayer(
+                layer_in_channels,
                 out_channels,
                 w_dim=w_dim,
                 resolution=resolution,
-                up=2,
-                resample_filter=resample_filter,
+                **resampling,
                 conv_clamp=conv_clamp,
                 channels_last=self.channels_last,
                 **layer_kwargs,
             )
-            self.num_conv += 1
 
+        if in_channels == 0:
+            self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = synthesis_layer(in_channels, up=2, resample_filter=resample_filter)
         # conv1 deliberately keeps the default filter (it never resamples, but the buffer is part of the format).
-        self.conv1 = SynthesisLayer(
-            out_channels,
-            out_channels,
-            w_dim=w_dim,
-            resolution=resolution,
-            conv_clamp=conv_clamp,
-            channels_last=self.channels_last,
-            **layer_kwargs,
-        )
-        self.num_conv += 1
+        self.conv1 = synthesis_layer(out_channels)
 
-        if is_last or architecture == "skip":
+        if self.num_torgb:
             self.torgb = ToRGBLayer(
                 out_channels,
                 img_channels,
@@ -465,7 +492,6 @@ class SynthesisBlock(torch.nn.Module):
                 conv_clamp=conv_clamp,
                 channels_last=self.channels_last,
             )
-            self.num_torgb += 1
 
         if in_channels != 0 and architecture == "resnet":
             self.skip = Conv2dLayer(
@@ -483,8 +509,7 @@ class SynthesisBlock(torch.nn.Module):
         # One w per layer, in forward order: the conv layers first, then torgb.
         layer_ws = ws.unbind(dim=1)
         conv_ws, torgb_ws = layer_ws[: self.num_conv], layer_ws[self.num_conv :]
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = _memory_format(self.channels_last and not force_fp32)
+        dtype, memory_format = _activation_format(self.use_fp16, self.channels_last, force_fp32)
         if fused_modconv is None:
             fused_modconv = self._fuse_by_default(x, dtype)
         conv_kwargs = dict(layer_kwargs, fused_modconv=fused_modconv)
@@ -493,8 +518,7 @@ class SynthesisBlock(torch.nn.Module):
             x = self.const.to(dtype=dtype, memory_format=memory_format).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = self.conv1(x, conv_ws[0], **conv_kwargs)
         else:
-            misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
-            x = x.to(dtype=dtype, memory_format=memory_format)
+            x = _block_input(x, self.in_channels, self.resolution // 2, dtype, memory_format)
             x = self._conv_pair(x, conv_ws, conv_kwargs)
 
         if img is not None:
@@ -553,13 +577,11 @@ class SynthesisNetwork(torch.nn.Module):
             f"SynthesisNetwork: img_resolution must be a power of two >= 4, got {img_resolution}"
         )
         super().__init__()
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_resolution_log2 = int(np.log2(img_resolution))
-        self.img_channels = img_channels
-        self.block_resolutions = [2**i for i in range(2, self.img_resolution_log2 + 1)]
-        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
-        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
+        log2 = int(np.log2(img_resolution))
+        _store(self, w_dim=w_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels)
+        self.block_resolutions = [2**i for i in range(2, log2 + 1)]  # 4, 8, ..., img_resolution
+        channels = _channels_per_resolution(self.block_resolutions, channel_base, channel_max)
+        fp16_resolution = _fp16_threshold(log2, num_fp16_res)
 
         self.num_ws = 0
         for res in self.block_resolutions:
@@ -602,11 +624,7 @@ class Generator(torch.nn.Module):
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, synthesis_kwargs=None):
         super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        _store(self, z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels)
         # The synthesis network is built first: this fixes both the state-dict order and the RNG consumption order.
         self.synthesis = SynthesisNetwork(
             w_dim=w_dim,
@@ -661,87 +679,57 @@ class DiscriminatorBlock(torch.nn.Module):
         )
         assert architecture in ARCHITECTURES, f"DiscriminatorBlock: architecture must be one of {ARCHITECTURES}"
         super().__init__()
-        self.in_channels = in_channels
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.first_layer_idx = first_layer_idx
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
+        _store(self, in_channels=in_channels, resolution=resolution, img_channels=img_channels)
+        _store(self, first_layer_idx=first_layer_idx, architecture=architecture, use_fp16=use_fp16)
         self.channels_last = use_fp16 and fp16_channels_last
         self.num_layers = 0
         self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
 
-        def next_layer_trainable():
-            # Freeze-D: layers are numbered globally from the highest resolution; the first `freeze_layers` freeze.
+        def conv_layer(layer_in_channels, layer_out_channels, kernel_size, **options):
+            # Freeze-D: layers are numbered across the whole discriminator from the highest resolution, in creation
+            # order, and the first `freeze_layers` of them keep their weights as buffers.
             trainable = self.first_layer_idx + self.num_layers >= freeze_layers
             self.num_layers += 1
-            return trainable
+            return Conv2dLayer(
+                layer_in_channels,
+                layer_out_channels,
+                kernel_size=kernel_size,
+                **options,
+                channels_last=self.channels_last,
+                trainable=trainable,
+            )
 
         if in_channels == 0 or architecture == "skip":
-            self.fromrgb = Conv2dLayer(
-                img_channels,
-                tmp_channels,
-                kernel_size=1,
-                activation=activation,
-                conv_clamp=conv_clamp,
-                channels_last=self.channels_last,
-                trainable=next_layer_trainable(),
-            )
-        self.conv0 = Conv2dLayer(
-            tmp_channels,
-            tmp_channels,
-            kernel_size=3,
-            activation=activation,
-            conv_clamp=conv_clamp,
-            channels_last=self.channels_last,
-            trainable=next_layer_trainable(),
-        )
-        self.conv1 = Conv2dLayer(
+            self.fromrgb = conv_layer(img_channels, tmp_channels, 1, activation=activation, conv_clamp=conv_clamp)
+        self.conv0 = conv_layer(tmp_channels, tmp_channels, 3, activation=activation, conv_clamp=conv_clamp)
+        self.conv1 = conv_layer(
             tmp_channels,
             out_channels,
-            kernel_size=3,
+            3,
             activation=activation,
             down=2,
             resample_filter=resample_filter,
             conv_clamp=conv_clamp,
-            channels_last=self.channels_last,
-            trainable=next_layer_trainable(),
         )
         if architecture == "resnet":
-            self.skip = Conv2dLayer(
-                tmp_channels,
-                out_channels,
-                kernel_size=1,
-                bias=False,
-                down=2,
-                resample_filter=resample_filter,
-                channels_last=self.channels_last,
-                trainable=next_layer_trainable(),
-            )
+            self.skip = conv_layer(tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
 
     def forward(self, x, img, force_fp32=False):
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = _memory_format(self.channels_last and not force_fp32)
-
+        dtype, memory_format = _activation_format(self.use_fp16, self.channels_last, force_fp32)
         if x is not None:
-            misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
-            x = x.to(dtype=dtype, memory_format=memory_format)
+            x = _block_input(x, self.in_channels, self.resolution, dtype, memory_format)
 
         if self.in_channels == 0 or self.architecture == "skip":
-            misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
-            img = img.to(dtype=dtype, memory_format=memory_format)
+            img = _block_input(img, self.img_channels, self.resolution, dtype, memory_format)
             y = self.fromrgb(img)
             x = x + y if x is not None else y
             img = upfirdn2d.downsample2d(img, self.resample_filter) if self.architecture == "skip" else None
 
         if self.architecture == "resnet":
-            y = self.skip(x, gain=RESIDUAL_GAIN)
-            x = self.conv0(x)
-            x = self.conv1(x, gain=RESIDUAL_GAIN)
-            x = y + x
+            shortcut = self.skip(x, gain=RESIDUAL_GAIN)
+            x = shortcut + self.conv1(self.conv0(x), gain=RESIDUAL_GAIN)
         else:
-            x = self.conv0(x)
-            x = self.conv1(x)
+            x = self.conv1(self.conv0(x))
 
         assert x.dtype == dtype
         return x, img
@@ -795,10 +783,7 @@ class DiscriminatorEpilogue(torch.nn.Module):
     ):
         assert architecture in ARCHITECTURES, f"DiscriminatorEpilogue: architecture must be one of {ARCHITECTURES}"
         super().__init__()
-        self.in_channels = in_channels
-        self.cmap_dim = cmap_dim
-        self.resolution = resolution
-        self.img_channels = img_channels
+        _store(self, in_channels=in_channels, cmap_dim=cmap_dim, resolution=resolution, img_channels=img_channels)
         self.architecture = architecture
 
         if architecture == "skip":
@@ -819,13 +804,11 @@ class DiscriminatorEpilogue(torch.nn.Module):
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
     def forward(self, x, img, cmap, force_fp32=False):
-        misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
-        x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-
+        # The epilogue always runs in float32; `force_fp32` is accepted for a signature like the blocks'.
+        io_format = dict(dtype=torch.float32, memory_format=torch.contiguous_format)
+        x = _block_input(x, self.in_channels, self.resolution, **io_format)
         if self.architecture == "skip":
-            misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
-            img = img.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-            x = x + self.fromrgb(img)
+            x = x + self.fromrgb(_block_input(img, self.img_channels, self.resolution, **io_format))
 
         if self.mbstd is not None:
             x = self.mbstd(x)
@@ -862,18 +845,13 @@ class Discriminator(torch.nn.Module):
         epilogue_kwargs=None,
     ):
         super().__init__()
-        self.c_dim = c_dim
-        self.img_resolution = img_resolution
-        self.img_resolution_log2 = int(np.log2(img_resolution))
-        self.img_channels = img_channels
-        self.block_resolutions = [2**i for i in range(self.img_resolution_log2, 2, -1)]
-        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions + [4]}
-        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
-
-        if cmap_dim is None:
-            cmap_dim = channels[4]
-        if c_dim == 0:
-            cmap_dim = 0
+        log2 = int(np.log2(img_resolution))
+        _store(self, c_dim=c_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels)
+        self.block_resolutions = [2**i for i in range(log2, 2, -1)]  # img_resolution, ..., 8; 4x4 is the epilogue
+        channels = _channels_per_resolution(self.block_resolutions + [4], channel_base, channel_max)
+        fp16_resolution = _fp16_threshold(log2, num_fp16_res)
+        # Width of the label embedding the output is projected onto; none without labels.
+        cmap_dim = 0 if c_dim == 0 else (channels[4] if cmap_dim is None else cmap_dim)
 
         common_kwargs = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
         cur_layer_idx = 0
