@@ -18,10 +18,12 @@ reported FAILED; the next step runs anyway):
 Everything goes under OUTDIR (which must be new or empty): one folder per step with its log and results,
 environment.json, summary.txt/summary.json (rewritten after every step), gpu_check.log (the console output) and
 results.tar.gz (every text file, for copying off the machine). The summary table is printed last; the exit status
-is 0 when every step passed, 1 when one failed, 2 on bad usage. Nothing is downloaded (metrics are off).
+is 0 when every step passed, 1 when one failed or the check was stopped (SIGTERM, Ctrl-C: the running step is
+killed, the summary still written), 2 on bad usage. Nothing is downloaded (metrics are off).
 
-This file is also the program each step runs in (`--step NAME`, internal); the orchestrating part uses only the
-standard library, so that a step that hangs in CUDA cannot take the report down with it.
+This file is also the program each step runs in (`--step NAME`, internal). The orchestrating part imports neither
+torch nor the project's networks (only the standard library and dnnlib.atomic), so that a step that hangs in CUDA
+or crashes cannot take the report down with it.
 """
 
 import argparse
@@ -98,19 +100,30 @@ GPU_SIZES = Sizes(
     ),
 )
 
-_TINY_NETWORKS = ("--cbase=512", "--cmax=32", "--map=2", "--batch=4")
+_TINY_NETWORKS = ("--cbase=512", "--cmax=32", "--map=2")
 SMOKE_SIZES = Sizes(
     train_res=32,
     train_images=16,
-    # Two iterations (tick 0 ends after the first). Half precision is only emulated on a CPU, several times slower
-    # than float32 (train.py's CPU default), so the smoke run trains in float32.
-    train_args=("--cfg=paper256", *_TINY_NETWORKS, "--kimg=0.008", "--tick=1", "--fp32=1", "--workers=1"),
+    # Two iterations of 16 images (tick 0 ends after the first); one round of 16 also renders the 32x32 image grids
+    # (1024 images each) in fewer, cheaper calls than rounds of 4. Half precision is only emulated on a CPU, several
+    # times slower than float32 (train.py's CPU default), so the smoke run trains in float32.
+    train_args=(
+        "--cfg=paper256",
+        *_TINY_NETWORKS,
+        "--batch=16",
+        "--batch-gpu=16",
+        "--kimg=0.032",
+        "--tick=1",
+        "--fp32=1",
+        "--workers=1",
+    ),
     ops_runs=(
         ("float32", ("--res=32", "--cbase=512", "--cmax=32", "--min-res=16", "--batch=1", "--iters=1", "--warmup=1")),
     ),
     speed_args=(
         "--runs=paper256@32,stylegan2@32",
         *_TINY_NETWORKS,
+        "--batch=4",
         "--fp32=1",
         "--iters=1",
         "--warmup=1",
@@ -500,8 +513,9 @@ def step_train(ctx: Context) -> dict:
     if problems:
         return _result(FAILED, "; ".join(problems[:3]), problems=problems, **details)
     losses = stats["last_tick_loss_means"]
+    precision = f"mixed ({fp16_res} fp16 resolutions)" if fp16_res else "float32"
     key = (
-        f"{stats['ticks']} ticks, fp16 res {fp16_res}; G/loss {losses['Loss/G/loss']:.3g} "
+        f"{stats['ticks']} ticks, {precision}; G/loss {losses['Loss/G/loss']:.3g} "
         f"D/loss {losses['Loss/D/loss']:.3g}; {snapshot['tensors_checked']} tensors finite"
     )
     if nonfinite_grads:
@@ -660,9 +674,8 @@ def run_step_process(step: Step, outdir: str, smoke: bool, budget_s: float, keep
     cmd += [*(["--keep-snapshots"] if keep else []), outdir]
     start = time.monotonic()
     with open(os.path.join(step_dir, LOG_FILE), "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        # A process group of its own (in the caller's session, so that whoever stops the caller's session stops it).
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
         try:
             proc.wait(timeout=budget_s)
             timed_out = False
@@ -734,39 +747,77 @@ def _report_step(console: Console, outdir: str, result: dict) -> None:
                 console.say("    | " + line)
 
 
-def run_check(outdir: str, smoke: bool, only: list[str], budgets: dict, keep: bool) -> int:
-    os.makedirs(outdir, exist_ok=True)
-    console = Console(os.path.join(outdir, "gpu_check.log"))
+class _Terminated(Exception):
+    """SIGTERM arrived: the running step's process group is stopped and the summary written before exiting."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _run_steps(console: Console, steps: list[Step], outdir: str, smoke: bool, budgets: dict, keep: bool) -> list:
+    """Run `steps` in order, reporting each; an interruption is recorded as the running step's result and re-raised."""
     env = step_environment_variables(outdir, smoke)
-    mode = "smoke (CPU, tiny sizes)" if smoke else "GPU"
-    console.say(f"GPU check, {mode} mode, results in {outdir}")
-    steps = [step for step in STEPS if step.name == "environment" or not only or step.name in only]
-    results, cuda, start = [], None, time.monotonic()
+    # The smoke run hides every GPU from its steps; otherwise the environment step tells.
+    results, cuda, start = [], (False if smoke else None), time.monotonic()
     for index, step in enumerate(steps):
         budget_s = budgets.get(step.name, step.smoke_budget_s if smoke else step.gpu_budget_s)
         console.say(f"[{index + 1}/{len(steps)}] {step.name} (budget {budget_s:g} s)")
-        if cuda is False and (step.needs_cuda or not smoke):
-            result = _skipped(step, budget_s, "no CUDA device" if smoke else "not run: the GPU check needs CUDA")
-        else:
-            result = run_step_process(step, outdir, smoke, budget_s, keep, env)
-        if step.name == "environment":
-            cuda = result.get("details", {}).get("cuda_available", None if result["status"] == FAILED else False)
-            if cuda is False and not smoke:
+        step_start = time.monotonic()
+        try:
+            if cuda is False and (step.needs_cuda or not smoke):
+                why = "no CUDA device" if smoke else "not run: the GPU check needs CUDA"
+                result = _skipped(step, budget_s, why)
+            else:
+                result = run_step_process(step, outdir, smoke, budget_s, keep, env)
+        except (_Terminated, KeyboardInterrupt):
+            seconds = round(time.monotonic() - step_start, 1)
+            results.append(dict(_result(FAILED, "interrupted"), name=step.name, seconds=seconds, budget_s=budget_s))
+            _write_summary(outdir, smoke, results, time.monotonic() - start)
+            raise
+        if step.name == "environment" and not smoke:
+            cuda = result["details"].get("cuda_available")
+            if cuda is False:
                 result.update(status=FAILED, key="no CUDA device: the GPU check needs one (--smoke runs on a CPU)")
         results.append(result)
         _report_step(console, outdir, result)
         _write_summary(outdir, smoke, results, time.monotonic() - start)
+    return results
+
+
+def run_check(outdir: str, smoke: bool, only: list[str], budgets: dict, keep: bool) -> int:
+    os.makedirs(outdir, exist_ok=True)
+    console = Console(os.path.join(outdir, "gpu_check.log"))
+    mode = "smoke (CPU, tiny sizes)" if smoke else "GPU"
+    console.say(f"GPU check, {mode} mode, results in {outdir}")
+    steps = [step for step in STEPS if step.name == "environment" or not only or step.name in only]
+    start = time.monotonic()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    interrupted = False
+    try:
+        results = _run_steps(console, steps, outdir, smoke, budgets, keep)
+    except (_Terminated, KeyboardInterrupt):
+        interrupted = True
+        summary_path = os.path.join(outdir, "summary.json")
+        results = []
+        if os.path.isfile(summary_path):
+            with open(summary_path) as f:
+                results = json.load(f)["steps"]
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     _bundle(outdir)
     failed = [r["name"] for r in results if r["status"] == FAILED or (not smoke and r["status"] != OK)]
     console.say()
     console.say(format_summary(results))
     total = time.monotonic() - start
-    if failed:
+    if interrupted:
+        console.say(f"interrupted after {total:.0f} s; results so far in {outdir}")
+    elif failed:
         console.say(f"{len(failed)} of {len(results)} steps FAILED ({', '.join(failed)}) in {total:.0f} s")
     else:
         console.say(f"all {len(results)} steps passed in {total:.0f} s; results in {outdir}")
     console.close()
-    return 1 if failed else 0
+    return 1 if failed or interrupted else 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ budget while the others go on, usage errors, and the checks the steps apply (los
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 import torch
@@ -101,15 +103,53 @@ def test_smoke_run_passes_and_writes_everything(tmp_path):
 
 def test_overrun_step_fails_and_the_others_still_run(tmp_path):
     outdir = tmp_path / "check"
-    result = run_check("--smoke", "--only=train,ops", "--budget=train=1", str(outdir), timeout=300)
+    result = run_check("--smoke", "--only=ops", "--budget=environment=0.5", str(outdir), timeout=300)
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-4000:]
     rows = summary_rows(result.stdout)
-    assert list(rows) == ["environment", "train", "ops"]
-    assert rows["train"][0] == "FAILED" and "timed out" in rows["train"][1]
-    assert rows["ops"][0] == "ok" and rows["environment"][0] == "ok"
-    assert result.stdout.splitlines()[-1].startswith("1 of 3 steps FAILED (train)")
+    assert list(rows) == ["environment", "ops"]
+    assert rows["environment"] == ("FAILED", "timed out after its budget of 0.5 s (see --budget)")
+    assert rows["ops"][0] == "ok"
+    assert result.stdout.splitlines()[-1].startswith("1 of 2 steps FAILED (environment)")
+    assert "last lines of environment/log.txt:" in result.stdout
     summary = json.loads((outdir / "summary.json").read_text())
     assert summary["passed"] is False
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Ids of the live processes whose command line contains `text` (Linux /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="looks for leftover processes in /proc")
+def test_sigterm_stops_the_running_step_and_writes_the_summary(tmp_path):
+    outdir = tmp_path / "check"
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.Popen(
+        ["bash", "bench/gpu_check.sh", "--smoke", "--only=train", str(outdir)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    train_log = outdir / "train" / "log.txt"
+    deadline = time.monotonic() + 120
+    while not (train_log.exists() and "train.py" in train_log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    stdout = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 1, stdout
+    assert stdout.splitlines()[-1].startswith("interrupted after")
+    rows = summary_rows(stdout)
+    assert rows["environment"][0] == "ok" and rows["train"] == ("FAILED", "interrupted")
+    assert json.loads((outdir / "summary.json").read_text())["steps"][-1]["key"] == "interrupted"
+    assert (outdir / "results.tar.gz").exists()
+    assert _processes_mentioning(str(outdir)) == []
 
 
 @pytest.mark.parametrize(
