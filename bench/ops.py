@@ -1,8 +1,8 @@
 """Time upfirdn2d and bias_act: native CUDA kernels vs the reference path vs plain torch.nn.functional code.
 
-The shapes are the ones the networks use (networks spec: channels(res) = min(channel_base // res, 512)) for the
-256x256 (channel_base 16384) and 1024x1024 (channel_base 32768) configurations, for every resolution from the
-image resolution down to --min-res:
+The shapes are the ones the networks use (channels(res) = min(channel_base // res, 512)) for the 256x256
+(channel_base 16384) and 1024x1024 (channel_base 32768) configurations, for every resolution from the image
+resolution down to --min-res:
 
   G.conv0.filter   upfirdn2d after the stride-2 transposed conv: [N, C(res), res+1, res+1], 4x4 filter, pad 1, gain 4
   G.img.up         upsample2d of the skip image:                 [N, 3, res/2, res/2] -> res, float32 always
