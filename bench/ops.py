@@ -1,8 +1,8 @@
 """Time upfirdn2d and bias_act: native CUDA kernels vs the reference path vs plain torch.nn.functional code.
 
-The shapes are the ones the networks use (networks spec: channels(res) = min(channel_base // res, 512)) for the
-256x256 (channel_base 16384) and 1024x1024 (channel_base 32768) configurations, for every resolution from the
-image resolution down to --min-res:
+The shapes are the ones the networks use (channels(res) = min(channel_base // res, 512)) for the 256x256
+(channel_base 16384) and 1024x1024 (channel_base 32768) configurations, for every resolution from the image
+resolution down to --min-res:
 
   G.conv0.filter   upfirdn2d after the stride-2 transposed conv: [N, C(res), res+1, res+1], 4x4 filter, pad 1, gain 4
   G.img.up         upsample2d of the skip image:                 [N, 3, res/2, res/2] -> res, float32 always
@@ -13,13 +13,17 @@ image resolution down to --min-res:
 Each row gives the median time in milliseconds of the forward pass and of forward + backward (gradient with
 respect to the input) for the three implementations, and the largest difference between them relative to the
 largest output magnitude. Without CUDA (or when the plugins cannot be built) the 'cuda' columns show '-'.
+--json also writes every row, with each implementation's own difference from 'ref' (diff.cuda, diff.plain).
+Other resolutions (and tiny channel counts, for a quick run) need --cbase; --cmax caps the channels.
 
 Usage: python bench/ops.py [--res 256] [--res 1024] [--batch 4] [--dtype float16] [--channels-last]
-       [--min-res 64] [--iters 20]
+       [--min-res 64] [--iters 20] [--cbase 512 --cmax 32] [--json ops.json]
 """
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -28,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dnnlib.atomic import atomic_write_bytes  # noqa: E402
 from torch_utils.ops import bias_act, upfirdn2d  # noqa: E402
 
 CHANNEL_BASE = {256: 16384, 1024: 32768}  # image resolution -> channel_base of the standard configurations
@@ -37,8 +42,8 @@ CONV_CLAMP = 256.0
 IMPLS = ["cuda", "ref", "plain"]
 
 
-def channels(res, channel_base):
-    return min(channel_base // res, CHANNEL_MAX)
+def channels(res, channel_base, channel_max=CHANNEL_MAX):
+    return min(channel_base // res, channel_max)
 
 
 # ----------------------------------------------------------------------------
@@ -75,14 +80,13 @@ def plain_lrelu(x, b):
 # Cases.
 
 
-def make_cases(img_res, batch, min_res, dtype, channels_last, device):
+def make_cases(img_res, batch, min_res, dtype, channels_last, device, channel_base, channel_max=CHANNEL_MAX):
     """(name, input shape, input dtype, {impl: fn(x)}) for every benchmarked call of one network configuration."""
     f = upfirdn2d.setup_filter([1, 3, 3, 1], device=device)
-    base = CHANNEL_BASE[img_res]
     cases = []
     res = img_res
     while res >= min_res:
-        c = channels(res, base)
+        c = channels(res, channel_base, channel_max)
         b = torch.randn([c], device=device, dtype=dtype)
         cases.append(
             (
@@ -181,11 +185,12 @@ def run_case(name, shape, dtype, fns, memory_format, impls, device, iters, warmu
     dy = torch.randn(outputs["ref"].shape, generator=gen, device=device, dtype=outputs["ref"].dtype)
     reference = outputs["ref"].double()
     scale = max(1.0, reference.abs().max().item())
-    max_diff = max((out.double() - reference).abs().max().item() / scale for out in outputs.values())
+    diffs = {impl: (out.double() - reference).abs().max().item() / scale for impl, out in outputs.items()}
     del outputs
 
     xg = x.detach().requires_grad_(True)
-    row = {"name": name, "shape": "x".join(map(str, shape)), "diff": max_diff}
+    row = {"name": name, "shape": "x".join(map(str, shape)), "diff": max(diffs.values())}
+    row.update({f"diff.{impl}": diff for impl, diff in diffs.items() if impl != "ref"})
     for impl in impls:
         fn = fns[impl]
         row[f"{impl}.fwd"] = median_ms(lambda fn=fn: fn(x), device, iters, warmup)
@@ -216,7 +221,9 @@ def format_table(rows, impls):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--res", type=int, action="append", choices=sorted(CHANNEL_BASE), help="image resolution")
+    parser.add_argument("--res", type=int, action="append", help=f"image resolution [default: {sorted(CHANNEL_BASE)}]")
+    parser.add_argument("--cbase", type=int, help="channel base [default: that of the standard configuration]")
+    parser.add_argument("--cmax", type=int, default=CHANNEL_MAX, help="channel maximum")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="feature map dtype")
     parser.add_argument("--channels-last", action="store_true", help="feature maps in channels-last layout")
@@ -224,7 +231,28 @@ def parse_args(argv):
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 5 on CUDA, 1 on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(argv)
+    parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    for res in args.res or []:
+        if res < 4 or res & (res - 1):
+            parser.error(f"--res: expected a power of two >= 4, found {res}")
+        if args.cbase is None and res not in CHANNEL_BASE:
+            parser.error(f"--res {res}: expected one of {sorted(CHANNEL_BASE)}, or give --cbase for other resolutions")
+    if args.min_res < 4:
+        parser.error(f"--min-res: expected at least 4, found {args.min_res}")
+    return args
+
+
+def _write_json(path, args, device, iters, warmup, tables):
+    report = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        settings=dict(dtype=args.dtype, channels_last=args.channels_last, batch=args.batch, iters=iters, warmup=warmup),
+        tables=tables,
+    )
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
 
 
 def main(argv=None):
@@ -247,12 +275,17 @@ def main(argv=None):
 
     torch.backends.cudnn.benchmark = True
     print(f"device={device}  dtype={args.dtype}  channels_last={args.channels_last}  batch={args.batch}  iters={iters}")
+    tables = []
     for img_res in args.res or sorted(CHANNEL_BASE):
-        print(f"\n{img_res}x{img_res}, channel_base={CHANNEL_BASE[img_res]}")
+        base = args.cbase or CHANNEL_BASE[img_res]
+        print(f"\n{img_res}x{img_res}, channel_base={base}, channel_max={args.cmax}")
         rows = []
-        for case in make_cases(img_res, args.batch, args.min_res, dtype, args.channels_last, device):
+        for case in make_cases(img_res, args.batch, args.min_res, dtype, args.channels_last, device, base, args.cmax):
             rows.append(run_case(*case, impls=impls, device=device, iters=iters, warmup=warmup))
         print(format_table(rows, impls))
+        tables.append(dict(img_res=img_res, channel_base=base, channel_max=args.cmax, impls=impls, rows=rows))
+    if args.json_path is not None:
+        _write_json(args.json_path, args, device, iters, warmup, tables)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,19 @@
 
 The networks, optimisers, loss, phases, augmentation and data loading are those of a real `train.py` run with the
 same options (the options are built by train.py itself); only the images are synthetic, so no dataset is needed.
-Nothing is written to disk. One table row per (cfg, resolution) pair:
+Nothing is written to disk except the optional --json file. One table row per (cfg, resolution) pair: every
+--cfg at every --res, or exactly the pairs of --runs:
 
     python bench/train_speed.py --cfg=auto,stylegan2 --res=256,1024 --iters=20
+    python bench/train_speed.py --runs=paper256@256,stylegan2@1024 --iters=16 --warmup=1 --json=speed.json
     python bench/train_speed.py --res=16 --cbase=256 --cmax=32 --map=2 --batch=4 --iters=2 --warmup=1   # CPU smoke
 """
 
 import contextlib
 import io
+import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -26,6 +30,7 @@ if REPO_ROOT not in sys.path:
 
 import dnnlib  # noqa: E402
 import train  # noqa: E402
+from dnnlib.atomic import atomic_write_bytes  # noqa: E402
 from torch_utils import training_stats  # noqa: E402
 from training import training_loop  # noqa: E402
 from training.dataset import Dataset  # noqa: E402
@@ -147,12 +152,48 @@ def _format_table(rows: list[dict]) -> str:
 
 
 def _int_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError as err:
+        raise click.BadParameter(f"expected comma-separated integers, found {text!r}") from err
+
+
+def _run_pairs(cfgs: str, resolutions: str, runs: str | None) -> list[tuple[str, int]]:
+    """The (cfg, resolution) pairs to measure: those of `runs` ("cfg@res,..."), else every cfg at every res."""
+    if runs is None:
+        return [(cfg, res) for cfg in cfgs.split(",") if cfg for res in _int_list(resolutions)]
+    pairs = []
+    for item in runs.split(","):
+        cfg, sep, res = item.partition("@")
+        if not sep or not cfg or not res.isdigit():
+            expected = f"expected cfg@res items such as paper256@256, found {item!r}"
+            raise click.BadParameter(expected, param_hint="--runs")
+        pairs.append((cfg, int(res)))
+    return pairs
+
+
+def _device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _write_json(path: str, device: torch.device, settings: dict, rows: list[dict]) -> None:
+    report = dict(
+        device=_device_description(device),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        settings=settings,
+        rows=rows,
+    )
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
 
 
 @click.command()
 @click.option("--cfg", "cfgs", help="Base configs, comma-separated [default: auto]", default="auto", metavar="LIST")
 @click.option("--res", "resolutions", help="Resolutions, comma-separated [default: 256]", default="256", metavar="LIST")
+@click.option("--runs", help="Exact cfg@res pairs, comma-separated (instead of --cfg x --res)", metavar="LIST")
 @click.option("--batch", help="Override total batch [default: from --cfg]", type=int, metavar="INT")
 @click.option("--batch-gpu", help="Override samples per round [default: from --cfg]", type=int, metavar="INT")
 @click.option("--cbase", help="Override channel base [default: from --cfg]", type=int, metavar="INT")
@@ -166,35 +207,45 @@ def _int_list(text: str) -> list[int]:
 @click.option("--gen-iters", help="Timed G inference batches [default: 10]", type=int, default=10, metavar="INT")
 @click.option("--workers", help="DataLoader workers [default: 3]", type=int, default=3, metavar="INT")
 @click.option("--device", help="Device [default: cuda if available, else cpu]", metavar="STR")
-def main(cfgs, resolutions, fp32, aug, iters, warmup, gen_batch, gen_iters, workers, device, **overrides):
+@click.option("--json", "json_path", help="Also write the rows and the settings to this JSON file", metavar="FILE")
+def main(
+    cfgs, resolutions, runs, fp32, aug, iters, warmup, gen_batch, gen_iters, workers, device, json_path, **overrides
+):
     """Measure training and generation speed of StyleGAN2-ADA configs on synthetic data."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"Device: {name}; torch {torch.__version__}; {iters} timed iterations after {warmup} warm-up ones.")
+    pairs = _run_pairs(cfgs, resolutions, runs)
+    print(
+        f"Device: {_device_description(device)}; torch {torch.__version__}; {iters} timed iterations after {warmup} "
+        "warm-up ones."
+    )
     rows = []
-    for cfg in cfgs.split(","):
-        for res in _int_list(resolutions):
-            try:
-                options = build_options(cfg, res, device, workers, fp32=fp32, aug=aug, **overrides)
-            except train.UserError as err:
-                raise click.UsageError(f"cfg {cfg}, res {res}: {err}") from err
-            fields = measure(options, iters=iters, warmup=warmup, gen_batch=gen_batch, gen_iters=gen_iters)
-            fp16 = options.G_kwargs.synthesis_kwargs.num_fp16_res > 0
-            rows.append(
-                dict(
-                    cfg=cfg,
-                    res=res,
-                    batch=options.batch_size,
-                    batch_gpu=options.batch_gpu,
-                    precision="mixed" if fp16 else "fp32",
-                    **fields,
-                )
+    for cfg, res in pairs:
+        try:
+            options = build_options(cfg, res, device, workers, fp32=fp32, aug=aug, **overrides)
+        except train.UserError as err:
+            raise click.UsageError(f"cfg {cfg}, res {res}: {err}") from err
+        fields = measure(options, iters=iters, warmup=warmup, gen_batch=gen_batch, gen_iters=gen_iters)
+        fp16 = options.G_kwargs.synthesis_kwargs.num_fp16_res > 0
+        rows.append(
+            dict(
+                cfg=cfg,
+                res=res,
+                batch=options.batch_size,
+                batch_gpu=options.batch_gpu,
+                precision="mixed" if fp16 else "fp32",
+                **fields,
             )
-            print(f"  done: cfg {cfg}, res {res}", file=sys.stderr)
+        )
+        print(f"  done: cfg {cfg}, res {res}", file=sys.stderr)
     print(_format_table(rows))
+    if json_path is not None:
+        settings = dict(
+            iters=iters, warmup=warmup, gen_batch=gen_batch, gen_iters=gen_iters, workers=workers, aug=aug, **overrides
+        )
+        _write_json(json_path, device, settings, rows)
 
 
 if __name__ == "__main__":
