@@ -22,25 +22,9 @@ def fid_from_moments(mu_real, sigma_real, mu_gen, sigma_gen):
 def compute_fid(opts, max_real, num_gen):
     """FID between the first `max_real` dataset images (None = all) and `num_gen` generated images (rank 0; NaN
     elsewhere)."""
-    detector_url = metric_utils.INCEPTION_URL
-    mu_real, sigma_real = metric_utils.compute_feature_stats_for_dataset(
-        opts=opts,
-        detector_url=detector_url,
-        detector_kwargs=DETECTOR_KWARGS,
-        rel_lo=0,
-        rel_hi=0,
-        capture_mean_cov=True,
-        max_items=max_real,
-    ).get_mean_cov()
-    mu_gen, sigma_gen = metric_utils.compute_feature_stats_for_generator(
-        opts=opts,
-        detector_url=detector_url,
-        detector_kwargs=DETECTOR_KWARGS,
-        rel_lo=0,
-        rel_hi=1,
-        capture_mean_cov=True,
-        max_items=num_gen,
-    ).get_mean_cov()
+    (mu_real, sigma_real), (mu_gen, sigma_gen) = metric_utils.compute_real_and_generated_features(
+        opts, metric_utils.INCEPTION_URL, DETECTOR_KWARGS, metric_utils.MEAN_COV, max_real=max_real, num_gen=num_gen
+    )
     if opts.rank != 0:
         return float("nan")
     return fid_from_moments(mu_real, sigma_real, mu_gen, sigma_gen)

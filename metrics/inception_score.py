@@ -29,13 +29,9 @@ def is_from_probs(probs, num_splits):
 
 def compute_is(opts, num_gen, num_splits):
     """Inception score of `num_gen` generated images: (mean, std) on rank 0, (NaN, NaN) elsewhere."""
-    gen_probs = metric_utils.compute_feature_stats_for_generator(
-        opts=opts,
-        detector_url=metric_utils.INCEPTION_URL,
-        detector_kwargs=DETECTOR_KWARGS,
-        capture_all=True,
-        max_items=num_gen,
-    ).get_all()
+    gen_probs = metric_utils.compute_generated_features(
+        opts, metric_utils.INCEPTION_URL, DETECTOR_KWARGS, metric_utils.ALL_ROWS, num_gen=num_gen
+    )
     if opts.rank != 0:
         return float("nan"), float("nan")
     return is_from_probs(gen_probs, num_splits)

@@ -45,25 +45,9 @@ def kid_from_features(real_features, gen_features, num_subsets, max_subset_size)
 
 def compute_kid(opts, max_real, num_gen, num_subsets, max_subset_size):
     """KID between up to `max_real` dataset images and `num_gen` generated images (rank 0; NaN elsewhere)."""
-    detector_url = metric_utils.INCEPTION_URL
-    real_features = metric_utils.compute_feature_stats_for_dataset(
-        opts=opts,
-        detector_url=detector_url,
-        detector_kwargs=DETECTOR_KWARGS,
-        rel_lo=0,
-        rel_hi=0,
-        capture_all=True,
-        max_items=max_real,
-    ).get_all()
-    gen_features = metric_utils.compute_feature_stats_for_generator(
-        opts=opts,
-        detector_url=detector_url,
-        detector_kwargs=DETECTOR_KWARGS,
-        rel_lo=0,
-        rel_hi=1,
-        capture_all=True,
-        max_items=num_gen,
-    ).get_all()
+    real_features, gen_features = metric_utils.compute_real_and_generated_features(
+        opts, metric_utils.INCEPTION_URL, DETECTOR_KWARGS, metric_utils.ALL_ROWS, max_real=max_real, num_gen=num_gen
+    )
     if opts.rank != 0:
         return float("nan")
     return kid_from_features(real_features, gen_features, num_subsets, max_subset_size)

@@ -1,23 +1,28 @@
 """Shared machinery of the quality metrics: options, feature detectors, feature statistics, progress reporting.
 
 Every metric reduces to "run a pretrained detector network over real and/or generated images and accumulate its
-outputs"; this module owns that part so the individual metric modules only contain the final arithmetic.
+outputs"; this module owns that part so the individual metric modules only contain the final arithmetic. The
+detector URLs, the statistics cache (names and format) and the order of random draws are a compatibility contract:
+see docs/compatibility.md, "Metrics".
 """
 
 import copy
+import dataclasses
 import hashlib
 import os
 import pickle
 import sys
 import time
-import uuid
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import tqdm
 
 import dnnlib
+from dnnlib.atomic import atomic_pickle
 from torch_utils import misc
 from torch_utils.images import generator_to_uint8
 from torch_utils.launch import default_device
@@ -143,6 +148,30 @@ def get_feature_detector(url, device=_CPU, num_gpus=1, rank=0, verbose=False):
 # ----------------------------------------------------------------------------------------------------------------------
 # Feature statistics.
 
+# The globals a statistics cache file may name: what pickling numpy arrays needs (numpy >= 2 writes `numpy._core`,
+# numpy 1 and the reference's files `numpy.core`). Anything else would run code from the cache folder on load.
+_STATS_PICKLE_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _StatsUnpickler(pickle.Unpickler):
+    """Unpickler for `FeatureStats` files that refuses every global outside `_STATS_PICKLE_GLOBALS`."""
+
+    def __init__(self, file, file_name):
+        super().__init__(file)
+        self.file_name = file_name
+
+    def find_class(self, module, name):
+        if (module, name) not in _STATS_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"{self.file_name}: expected feature statistics (plain values and numpy arrays), found a reference "
+                f"to {module}.{name}; delete the file to have it recomputed"
+            )
+        return super().find_class(module, name)
+
 
 class FeatureStats:
     """Accumulates detector outputs `[n, F]`: all rows (`capture_all`) and/or running sums for mean and covariance.
@@ -225,13 +254,14 @@ class FeatureStats:
         return mean, self.raw_cov / self.num_items - np.outer(mean, mean)
 
     def save(self, pkl_file):
-        with open(pkl_file, "wb") as f:
-            pickle.dump(vars(self), f)
+        """Pickle the attribute dict (default protocol, the reference's cache format), atomically replacing the file."""
+        atomic_pickle(pkl_file, vars(self))
 
     @staticmethod
     def load(pkl_file):
+        """Restore statistics written by `save` (or by the reference); the file may hold only plain data and arrays."""
         with open(pkl_file, "rb") as f:
-            state = pickle.load(f)
+            state = _StatsUnpickler(f, pkl_file).load()
         expected = list(vars(FeatureStats()))
         if not isinstance(state, dict) or not set(expected) <= set(state):
             found = sorted(state) if isinstance(state, dict) else type(state).__name__
@@ -294,41 +324,37 @@ class ProgressMonitor:
             self._bar.close()
             self._bar = None
 
+    def _fraction_point(self, fraction):
+        """The point `fraction` of the way through this monitor's [pfn_lo, pfn_hi] slice of the external range."""
+        return self.pfn_lo + (self.pfn_hi - self.pfn_lo) * fraction
+
+    def _log_line(self, cur_items, now):
+        elapsed = dnnlib.util.format_time(now - self.start_time)
+        ms_per_item = (now - self.batch_time) / max(cur_items - self.batch_items, 1) * 1e3
+        line = f"{self.tag:<19s} items {cur_items:<7d} time {elapsed:<12s} ms/item {ms_per_item:.2f}"
+        # With a live bar on screen, tqdm.write clears it first so that the two do not garble each other.
+        write = tqdm.tqdm.write if self._bar is not None else print
+        write(line)
+
     def update(self, cur_items):
+        """Record that `cur_items` items are done; reports once per `flush_interval` items and at the end."""
         assert (self.num_items is None) or (cur_items <= self.num_items)
         self._update_bar(cur_items)
-        if (cur_items < self.batch_items + self.flush_interval) and (
-            self.num_items is None or cur_items < self.num_items
-        ):
+        finished = self.num_items is not None and cur_items >= self.num_items
+        if not finished and cur_items < self.batch_items + self.flush_interval:
             return
-        cur_time = time.time()
-        total_time = cur_time - self.start_time
-        time_per_item = (cur_time - self.batch_time) / max(cur_items - self.batch_items, 1)
+        now = time.time()
         if self.verbose and self.tag is not None:
-            line = (
-                f"{self.tag:<19s} items {cur_items:<7d} time {dnnlib.util.format_time(total_time):<12s} "
-                f"ms/item {time_per_item * 1e3:.2f}"
-            )
-            if self._bar is not None:
-                tqdm.tqdm.write(line)  # Clears the live bar first so the two do not garble each other.
-            else:
-                print(line)
-        self.batch_time = cur_time
-        self.batch_items = cur_items
-        if (self.progress_fn is not None) and (self.num_items is not None):
-            self.progress_fn(self.pfn_lo + (self.pfn_hi - self.pfn_lo) * (cur_items / self.num_items), self.pfn_total)
+            self._log_line(cur_items, now)
+        self.batch_time, self.batch_items = now, cur_items
+        if self.progress_fn is not None and self.num_items is not None:
+            self.progress_fn(self._fraction_point(cur_items / self.num_items), self.pfn_total)
 
     def sub(self, tag=None, num_items=None, flush_interval=1000, rel_lo=0, rel_hi=1):
-        """A child monitor covering the [rel_lo, rel_hi] part of this monitor's progress_fn range."""
+        """A child monitor (same verbosity and callback) owning the [rel_lo, rel_hi] part of this one's slice."""
+        child_slice = dict(pfn_lo=self._fraction_point(rel_lo), pfn_hi=self._fraction_point(rel_hi))
         return ProgressMonitor(
-            tag=tag,
-            num_items=num_items,
-            flush_interval=flush_interval,
-            verbose=self.verbose,
-            progress_fn=self.progress_fn,
-            pfn_lo=self.pfn_lo + (self.pfn_hi - self.pfn_lo) * rel_lo,
-            pfn_hi=self.pfn_lo + (self.pfn_hi - self.pfn_lo) * rel_hi,
-            pfn_total=self.pfn_total,
+            tag, num_items, flush_interval, self.verbose, self.progress_fn, **child_slice, pfn_total=self.pfn_total
         )
 
 
@@ -428,9 +454,7 @@ def compute_feature_stats_for_dataset(
 
     if cache_file is not None and opts.rank == 0:
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-        temp_file = cache_file + "." + uuid.uuid4().hex
-        stats.save(temp_file)
-        os.replace(temp_file, cache_file)  # Atomic: concurrent readers never see a partial file.
+        stats.save(cache_file)  # Atomic: a concurrent reader or a killed run never leaves a partial file.
     return stats
 
 
@@ -477,3 +501,60 @@ def compute_feature_stats_for_generator(
         stats.append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
         progress.update(stats.num_items)
     return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What FID, KID, precision/recall and IS share: detector features of the dataset, then of the generator.
+
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """What a metric keeps of the detector outputs of one image set, and in which form it reads them.
+
+    `stats_kwargs` are the `FeatureStats` switches; for the dataset they are also part of the statistics cache key,
+    so their exact content decides the cache file name. `read` turns the filled statistics into the metric's input.
+    """
+
+    stats_kwargs: dict
+    read: Callable[[FeatureStats], Any]
+
+
+ALL_ROWS = Capture(dict(capture_all=True), FeatureStats.get_all)  # float32 numpy [n, F]
+MEAN_COV = Capture(dict(capture_mean_cov=True), FeatureStats.get_mean_cov)  # float64 mean [F], covariance [F, F]
+
+
+def _read_feature_pass(stats_fn, opts, detector_url, detector_kwargs, capture, progress_hi, max_items):
+    """`capture.read` of one pass of `stats_fn` (one of the two compute_feature_stats_* functions, looked up by the
+    caller at call time so that tests can stand in for them) over progress range 0..progress_hi."""
+    stats = stats_fn(
+        opts=opts,
+        detector_url=detector_url,
+        detector_kwargs=detector_kwargs,
+        rel_lo=0,
+        rel_hi=progress_hi,
+        max_items=max_items,
+        **capture.stats_kwargs,
+    )
+    return capture.read(stats)  # The raw statistics are released on return, before any next pass.
+
+
+def compute_generated_features(opts, detector_url, detector_kwargs, capture, num_gen):
+    """`capture.read` of the detector outputs for `num_gen` generated images (progress range 0..1)."""
+    return _read_feature_pass(
+        compute_feature_stats_for_generator, opts, detector_url, detector_kwargs, capture, 1, num_gen
+    )
+
+
+def compute_real_and_generated_features(opts, detector_url, detector_kwargs, capture, max_real, num_gen):
+    """(real, generated): `capture.read` of the detector outputs for the first `max_real` dataset items (None: all),
+    then for `num_gen` generated images.
+
+    The dataset pass comes first and owns an empty progress range (0..0: it is usually read from the cache). The
+    order matters for the random streams: a dataset pass that is not served from the cache takes its loader seed
+    from the torch CPU generator (torch.utils.data does so for every loader iteration) before the generator pass
+    draws its first z.
+    """
+    real = _read_feature_pass(
+        compute_feature_stats_for_dataset, opts, detector_url, detector_kwargs, capture, 0, max_real
+    )
+    return real, compute_generated_features(opts, detector_url, detector_kwargs, capture, num_gen)

@@ -34,13 +34,11 @@ class PPLSampler(torch.nn.Module):
         assert space in ["z", "w"], f"space must be 'z' or 'w', got {space!r}"
         assert sampling in ["full", "end"], f"sampling must be 'full' or 'end', got {sampling!r}"
         super().__init__()
-        self.G = copy.deepcopy(G)
+        # Own copies of both networks: every call refills G's noise buffers, and `.to(device)` or tracing the sampler
+        # must leave the caller's modules (and the shared detector cache entry) alone.
+        self.G, self.vgg16 = copy.deepcopy(G), copy.deepcopy(vgg16)
         self.G_kwargs = G_kwargs
-        self.epsilon = epsilon
-        self.space = space
-        self.sampling = sampling
-        self.crop = crop
-        self.vgg16 = copy.deepcopy(vgg16)
+        self.space, self.sampling, self.crop, self.epsilon = space, sampling, crop, epsilon
 
     def _path_ws(self, pos, z0, z1, c):
         """Latents at path positions `pos` and `pos + epsilon`, stacked: `[2B, num_ws, w_dim]`."""

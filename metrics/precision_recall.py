@@ -3,6 +3,7 @@
 import torch
 
 from metrics import metric_utils
+from torch_utils import misc
 
 DETECTOR_KWARGS = dict(return_features=True)  # [N, 4096] embedding, images resized to 224x224 inside.
 
@@ -25,18 +26,19 @@ def compute_distances(row_features, col_features, num_gpus, rank, col_batch_size
     """
     assert 0 <= rank < num_gpus
     num_cols = col_features.shape[0]
-    num_batches = ((num_cols - 1) // col_batch_size // num_gpus + 1) * num_gpus
-    padded = torch.nn.functional.pad(col_features, [0, 0, 0, -num_cols % num_batches])
-    col_batches = padded.chunk(num_batches)
-    dist_batches = []
-    for col_batch in col_batches[rank::num_gpus]:
-        dist_batch = _cdist(row_features, col_batch)
-        for src in range(num_gpus):
-            dist_broadcast = dist_batch.clone()
-            if num_gpus > 1:
-                torch.distributed.broadcast(dist_broadcast, src=src)
-            dist_batches.append(dist_broadcast.cpu() if rank == 0 else None)
-    return torch.cat(dist_batches, dim=1)[:, :num_cols] if rank == 0 else None
+    # At least ceil(num_cols / col_batch_size) chunks, rounded up to a multiple of num_gpus so every process gets as
+    # many; the zero rows padded on to make the chunks equal are cut off at the end.
+    num_chunks = ((num_cols - 1) // col_batch_size // num_gpus + 1) * num_gpus
+    chunks = torch.nn.functional.pad(col_features, [0, 0, 0, -num_cols % num_chunks]).chunk(num_chunks)
+    # Round k: process p computes chunk k * num_gpus + p; gathering in rank order keeps the chunks in column order.
+    blocks_on_rank0 = []
+    for own_chunk in chunks[rank::num_gpus]:
+        round_blocks = misc.gather_from_ranks(_cdist(row_features, own_chunk), num_gpus)
+        if rank == 0:
+            blocks_on_rank0 += [block.cpu() for block in round_blocks]
+    if rank != 0:
+        return None
+    return torch.cat(blocks_on_rank0, dim=1)[:, :num_cols]
 
 
 def manifold_fraction(manifold, probes, nhood_size, row_batch_size, col_batch_size, num_gpus=1, rank=0):
@@ -76,36 +78,17 @@ def precision_recall_from_features(
     return results["precision"], results["recall"]
 
 
+def _float16_on(device):
+    """All feature rows as a float16 tensor `[n, F]` on `device` (the precision the reference computes distances in)."""
+    return metric_utils.Capture(
+        metric_utils.ALL_ROWS.stats_kwargs, lambda stats: stats.get_all_torch().to(torch.float16).to(device)
+    )
+
+
 def compute_pr(opts, max_real, num_gen, nhood_size, row_batch_size, col_batch_size):
     """(precision, recall) between up to `max_real` dataset images and `num_gen` generated ones (NaN off rank 0)."""
-    detector_url = metric_utils.VGG16_URL
-    real_features = (
-        metric_utils.compute_feature_stats_for_dataset(
-            opts=opts,
-            detector_url=detector_url,
-            detector_kwargs=DETECTOR_KWARGS,
-            rel_lo=0,
-            rel_hi=0,
-            capture_all=True,
-            max_items=max_real,
-        )
-        .get_all_torch()
-        .to(torch.float16)
-        .to(opts.device)
-    )
-    gen_features = (
-        metric_utils.compute_feature_stats_for_generator(
-            opts=opts,
-            detector_url=detector_url,
-            detector_kwargs=DETECTOR_KWARGS,
-            rel_lo=0,
-            rel_hi=1,
-            capture_all=True,
-            max_items=num_gen,
-        )
-        .get_all_torch()
-        .to(torch.float16)
-        .to(opts.device)
+    real_features, gen_features = metric_utils.compute_real_and_generated_features(
+        opts, metric_utils.VGG16_URL, DETECTOR_KWARGS, _float16_on(opts.device), max_real=max_real, num_gen=num_gen
     )
     return precision_recall_from_features(
         real_features,

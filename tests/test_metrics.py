@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import pickle
 import sys
 import warnings
 
@@ -43,17 +44,26 @@ def stats_from_array(array, max_items=None, **stats_kwargs):
     return stats
 
 
+class _CallLog(list):
+    """(side, detector URL, detector kwargs, rel_lo, rel_hi) per feature pass; `stats_kwargs` alongside."""
+
+    stats_kwargs: list
+
+
 @pytest.fixture
 def fake_detectors(monkeypatch, vec):
     """Replace the two feature-extraction entry points by the stored feature arrays (as the vectors were made)."""
-    calls = []
+    calls = _CallLog()
+    calls.stats_kwargs = []  # Per pass: max_items and the FeatureStats switches (the latter key the cache).
 
     def for_dataset(opts, detector_url, detector_kwargs, rel_lo=0, rel_hi=1, max_items=None, **stats_kwargs):
         calls.append(("dataset", detector_url, dict(detector_kwargs), rel_lo, rel_hi))
+        calls.stats_kwargs.append(dict(stats_kwargs, max_items=max_items))
         return stats_from_array(vec["real_features"], max_items=max_items, **stats_kwargs)
 
     def for_generator(opts, detector_url, detector_kwargs, rel_lo=0, rel_hi=1, **stats_kwargs):
         calls.append(("generator", detector_url, dict(detector_kwargs), rel_lo, rel_hi))
+        calls.stats_kwargs.append(dict(stats_kwargs))
         source = vec["gen_probs"] if detector_kwargs.get("no_output_bias") else vec["gen_features"]
         return stats_from_array(source, **stats_kwargs)
 
@@ -124,6 +134,50 @@ def test_is_vectors(vec, fake_detectors):
     assert_rel(mean, float(vec["is_gen150_splits4_mean"]), "is_gen150_splits4_mean")
     assert_rel(std, float(vec["is_gen150_splits4_std"]), "is_gen150_splits4_std")
     assert fake_detectors[0][2] == {"no_output_bias": True}
+
+
+def test_feature_passes_real_then_generated(fake_detectors):
+    """Every metric: the dataset pass (progress 0..0) before the generator pass (0..1), with the detector keywords and
+    FeatureStats switches that name the reference's cache files; IS has the generator pass alone."""
+    inception, vgg16 = metric_utils.INCEPTION_URL, metric_utils.VGG16_URL
+    features = {"return_features": True}
+    frechet_inception_distance.compute_fid(cpu_opts(), max_real=150, num_gen=120)
+    kernel_inception_distance.compute_kid(cpu_opts(), max_real=None, num_gen=100, num_subsets=2, max_subset_size=10)
+    precision_recall.compute_pr(cpu_opts(), max_real=80, num_gen=90, nhood_size=3, row_batch_size=64, col_batch_size=64)
+    inception_score.compute_is(cpu_opts(), num_gen=70, num_splits=2)
+    assert list(fake_detectors) == [
+        ("dataset", inception, features, 0, 0),
+        ("generator", inception, features, 0, 1),
+        ("dataset", inception, features, 0, 0),
+        ("generator", inception, features, 0, 1),
+        ("dataset", vgg16, features, 0, 0),
+        ("generator", vgg16, features, 0, 1),
+        ("generator", inception, {"no_output_bias": True}, 0, 1),
+    ]
+    assert fake_detectors.stats_kwargs == [
+        {"capture_mean_cov": True, "max_items": 150},
+        {"capture_mean_cov": True, "max_items": 120},
+        {"capture_all": True, "max_items": None},
+        {"capture_all": True, "max_items": 100},
+        {"capture_all": True, "max_items": 80},
+        {"capture_all": True, "max_items": 90},
+        {"capture_all": True, "max_items": 70},
+    ]
+
+
+def test_pr_features_are_float16_on_the_metric_device(fake_detectors, monkeypatch):
+    seen = []
+
+    def recording(real, gen, **kwargs):
+        seen.extend([real, gen])
+        return 0.0, 0.0
+
+    monkeypatch.setattr(precision_recall, "precision_recall_from_features", recording)
+    precision_recall.compute_pr(cpu_opts(), max_real=80, num_gen=90, nhood_size=3, row_batch_size=8, col_batch_size=8)
+    assert [(t.dtype, t.device.type, tuple(t.shape)) for t in seen] == [
+        (torch.float16, "cpu", (80, 64)),
+        (torch.float16, "cpu", (90, 64)),
+    ]
 
 
 def test_math_helpers_match_vectors(vec):
@@ -232,6 +286,56 @@ def test_feature_stats_truncation_and_roundtrip(tmp_path):
     assert isinstance(loaded.get_all_torch(), torch.Tensor)
 
 
+def test_stats_cache_file_is_a_plain_pickle_replaced_atomically(tmp_path, monkeypatch):
+    """The cache format other tools read: pickle (default protocol) of the attribute dict; never half written."""
+    stats = metric_utils.FeatureStats(capture_all=True, capture_mean_cov=True, max_items=3)
+    stats.append(random_features(n=5, f=4))
+    path = tmp_path / "stats.pkl"
+    path.write_bytes(b"previous")
+    stats.save(path)
+    assert path.read_bytes() == pickle.dumps(vars(stats))
+    assert os.listdir(tmp_path) == ["stats.pkl"]
+
+    def failing_dump(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pickle, "dump", failing_dump)
+    with pytest.raises(OSError, match="disk full"):
+        stats.save(path)
+    assert path.read_bytes() == pickle.dumps(vars(stats))  # The earlier file is intact, no temp file is left.
+    assert os.listdir(tmp_path) == ["stats.pkl"]
+
+
+_code_ran = []
+
+
+def _mark_code_ran():
+    _code_ran.append(True)
+
+
+class _CodeOnLoad:
+    def __reduce__(self):
+        return (_mark_code_ran, ())
+
+
+def test_stats_cache_load_runs_no_code_and_reads_numpy1_files(tmp_path):
+    stats = metric_utils.FeatureStats(capture_all=True, max_items=4)
+    stats.append(random_features(n=4, f=3))
+    # The reference (Python 3.7: protocol 3, numpy 1) wrote `numpy.core.multiarray`; protocol 3 spells globals as text.
+    numpy1_bytes = pickle.dumps(vars(stats), protocol=3).replace(
+        b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"
+    )
+    assert b"numpy.core.multiarray\n" in numpy1_bytes
+    (tmp_path / "numpy1.pkl").write_bytes(numpy1_bytes)
+    np.testing.assert_array_equal(metric_utils.FeatureStats.load(tmp_path / "numpy1.pkl").get_all(), stats.get_all())
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(dict(vars(stats), num_items=_CodeOnLoad())))
+    with pytest.raises(pickle.UnpicklingError, match=r"evil\.pkl: expected feature statistics .*_mark_code_ran"):
+        metric_utils.FeatureStats.load(tmp_path / "evil.pkl")
+    assert _code_ran == []
+
+
 def test_cache_key_worked_example():
     dataset_kwargs = dict(
         class_name="training.dataset.ImageFolderDataset",
@@ -310,6 +414,86 @@ def test_registry_order():
         "ppl_wend",
     ]
     assert metric_main.is_valid_metric("fid50k_full") and not metric_main.is_valid_metric("fid1k")
+
+
+def _recording_compute(calls, label, value):
+    def compute(opts, **kwargs):
+        calls.append((label, dict(opts.dataset_kwargs), kwargs))
+        return value
+
+    return compute
+
+
+def test_registered_metrics_constants_and_result_keys(monkeypatch):
+    """Each registered metric (also a module attribute of that name): dataset overrides, constants, result keys."""
+    calls = []
+    for module, name, label, value in [
+        (frechet_inception_distance, "compute_fid", "fid", 1.5),
+        (kernel_inception_distance, "compute_kid", "kid", 2.5),
+        (precision_recall, "compute_pr", "pr", (0.25, 0.75)),
+        (inception_score, "compute_is", "is", (3.5, 0.125)),
+        (perceptual_path_length, "compute_ppl", "ppl", 4.5),
+    ]:
+        monkeypatch.setattr(module, name, _recording_compute(calls, label, value))
+    results = {}
+    for name in metric_main.list_valid_metrics():
+        opts = metric_utils.MetricOptions(dataset_kwargs=dict(path="d", max_size=10, xflip=True), device="cpu")
+        metric_fn = getattr(metric_main, name)
+        assert metric_fn.__name__ == name
+        results[name] = metric_fn(opts)
+
+    full = dict(path="d", max_size=None, xflip=False)
+    legacy = dict(path="d", max_size=None, xflip=True)
+    untouched = dict(path="d", max_size=10, xflip=True)
+    n = 50000
+    kid_args = dict(num_gen=n, num_subsets=100, max_subset_size=1000)
+    pr_args = dict(num_gen=n, nhood_size=3, row_batch_size=10000, col_batch_size=10000)
+
+    def ppl(space, sampling, crop):
+        return (
+            "ppl",
+            untouched,
+            dict(num_samples=n, epsilon=1e-4, space=space, sampling=sampling, crop=crop, batch_size=2),
+        )
+
+    assert calls == [
+        ("fid", full, dict(max_real=None, num_gen=n)),
+        ("kid", full, dict(max_real=1000000, **kid_args)),
+        ("pr", full, dict(max_real=200000, **pr_args)),
+        ppl("w", "end", False),
+        ("is", full, dict(num_gen=n, num_splits=10)),
+        ("fid", legacy, dict(max_real=50000, num_gen=n)),
+        ("kid", legacy, dict(max_real=50000, **kid_args)),
+        ("pr", legacy, dict(max_real=50000, **pr_args)),
+        ppl("z", "full", True),
+        ppl("w", "full", True),
+        ppl("z", "end", True),
+        ppl("w", "end", True),
+    ]
+    expected = {
+        "fid50k_full": {"fid50k_full": 1.5},
+        "kid50k_full": {"kid50k_full": 2.5},
+        "pr50k3_full": {"pr50k3_full_precision": 0.25, "pr50k3_full_recall": 0.75},
+        "ppl2_wend": {"ppl2_wend": 4.5},
+        "is50k": {"is50k_mean": 3.5, "is50k_std": 0.125},
+        "fid50k": {"fid50k": 1.5},
+        "kid50k": {"kid50k": 2.5},
+        "pr50k3": {"pr50k3_precision": 0.25, "pr50k3_recall": 0.75},
+        "ppl_zfull": {"ppl_zfull": 4.5},
+        "ppl_wfull": {"ppl_wfull": 4.5},
+        "ppl_zend": {"ppl_zend": 4.5},
+        "ppl_wend": {"ppl_wend": 4.5},
+    }
+    assert results == expected
+    assert [list(keys) for keys in results.values()] == [list(keys) for keys in expected.values()]  # Key order.
+
+
+def test_calc_metric_summary_keys(monkeypatch):
+    monkeypatch.setattr(frechet_inception_distance, "compute_fid", lambda opts, **kwargs: 12.5)
+    result = metric_main.calc_metric("fid50k_full", device=torch.device("cpu"))
+    assert list(result) == ["results", "metric", "total_time", "total_time_str", "num_gpus"]
+    assert result.results == {"fid50k_full": 12.5} and result.metric == "fid50k_full" and result.num_gpus == 1
+    assert result.total_time_str == dnnlib.util.format_time(result.total_time)
 
 
 def test_report_metric_format(tmp_path, capsys):
@@ -397,6 +581,15 @@ def _two_process_worker(rank, init_file):
             assert pr == precision_recall.precision_recall_from_features(real, gen, 3, 50, 50)
         else:
             assert dist is None and all(np.isnan(v) for v in pr)
+
+        # calc_metric hands rank 0's numbers to every process (the others computed placeholders).
+        @metric_main.register_metric
+        def two_rank_probe(opts):
+            return dict(first=0.1 if opts.rank == 0 else float("nan"), second=float(7 + opts.rank))
+
+        result = metric_main.calc_metric("two_rank_probe", num_gpus=2, rank=rank, device=torch.device("cpu"))
+        assert list(result.results.items()) == [("first", 0.1), ("second", 7.0)]
+        assert result.num_gpus == 2
     finally:
         torch.distributed.destroy_process_group()
 
