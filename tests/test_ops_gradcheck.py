@@ -96,9 +96,12 @@ def test_conv2d_resample_gradcheck(config):
 
 @pytest.fixture
 def gradfix_enabled(monkeypatch):
+    """Both custom ops on, and on the CPU too (by default they run for CUDA tensors only)."""
     monkeypatch.setattr(conv2d_gradfix, "enabled", True)
     monkeypatch.setattr(conv2d_gradfix, "weight_gradients_disabled", False)
+    monkeypatch.setattr(conv2d_gradfix, "_custom_op_devices", ("cuda", "cpu"))
     monkeypatch.setattr(grid_sample_gradfix, "enabled", True)
+    monkeypatch.setattr(grid_sample_gradfix, "_custom_op_devices", ("cuda", "cpu"))
 
 
 CONV_CASES = [
