@@ -287,8 +287,8 @@ def test_fma_vectors(case):
 @pytest.fixture(params=[upfirdn2d, bias_act], ids=["upfirdn2d", "bias_act"])
 def fresh_op_module(request, monkeypatch):
     module = request.param
-    monkeypatch.setattr(module, "_plugin", None)
-    monkeypatch.setattr(module, "_init_attempted", False)
+    monkeypatch.setattr(module._plugin, "module", None)
+    monkeypatch.setattr(module._plugin, "attempted", False)
     return module
 
 
@@ -303,20 +303,20 @@ def test_cuda_impl_on_cpu_is_silent_and_matches_ref(recwarn):
 
 
 def test_missing_sources_warn_once(fresh_op_module, tmp_path, monkeypatch):
-    monkeypatch.setattr(fresh_op_module, "_PLUGIN_SOURCE_DIR", str(tmp_path))
+    monkeypatch.setattr(fresh_op_module._plugin, "source_dir", str(tmp_path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert fresh_op_module._init() is False
-        assert fresh_op_module._init() is False
+        assert fresh_op_module._plugin.available() is False
+        assert fresh_op_module._plugin.available() is False
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "Falling back to slow reference implementation" in message and "not found" in message
 
 
 def test_build_failure_warns_once_with_details(fresh_op_module, tmp_path, monkeypatch):
-    for name in fresh_op_module._PLUGIN_SOURCES + fresh_op_module._PLUGIN_HEADERS:
+    for name in fresh_op_module._plugin.sources + fresh_op_module._plugin.headers:
         (tmp_path / name).write_text("// placeholder\n")
-    monkeypatch.setattr(fresh_op_module, "_PLUGIN_SOURCE_DIR", str(tmp_path))
+    monkeypatch.setattr(fresh_op_module._plugin, "source_dir", str(tmp_path))
 
     def failing_get_plugin(**kwargs):
         raise RuntimeError("simulated compiler failure")
@@ -324,8 +324,8 @@ def test_build_failure_warns_once_with_details(fresh_op_module, tmp_path, monkey
     monkeypatch.setattr(custom_ops, "get_plugin", failing_get_plugin)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert fresh_op_module._init() is False
-        assert fresh_op_module._init() is False
+        assert fresh_op_module._plugin.available() is False
+        assert fresh_op_module._plugin.available() is False
     assert len(caught) == 1
     message = str(caught[0].message)
     assert message.startswith("Failed to build CUDA kernels for") and "simulated compiler failure" in message
@@ -339,15 +339,18 @@ def test_plugin_that_fails_its_self_check_is_not_used(tmp_path, monkeypatch):
     monkeypatch.setattr(custom_ops, "get_plugin", lambda **kwargs: built)
     checked = []
 
-    def disagreeing_check(plugin):
-        checked.append(plugin)
+    def disagreeing_check():
+        checked.append(disagreeing.module)  # the check runs with the new module installed
         return "max |y - ref| = 3"
 
     kwargs = dict(op_name="myop", module_name="k_plugin", sources=["k.cpp"], headers=["k.h"], source_dir=str(tmp_path))
+    disagreeing = custom_ops.OptionalPlugin(**kwargs, self_check=disagreeing_check)
+    agreeing = custom_ops.OptionalPlugin(**kwargs, self_check=lambda: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert custom_ops.load_optional_plugin(**kwargs, self_check=disagreeing_check) is None
-        assert custom_ops.load_optional_plugin(**kwargs, self_check=lambda plugin: None) is built
+        assert disagreeing.available() is False and disagreeing.available() is False
+        assert disagreeing.module is None
+        assert agreeing.available() is True and agreeing.module is built
     assert checked == [built]
     assert len(caught) == 1
     assert "disagree with the reference implementation" in str(caught[0].message)
@@ -368,9 +371,9 @@ def test_bias_act_self_check_runs_under_no_grad(grad_mode):
     """The first CUDA call may come from generate.py's no_grad: the check's reference half must still differentiate
     and hand over to the plugin, instead of failing and dropping a good plugin."""
     with grad_mode():
-        with pytest.raises(_PluginReached):
-            bias_act._self_check(_RaisingBiasActPlugin(), device="cpu")
-    assert bias_act._plugin is None, "the self-check must restore the module's plugin"
+        with pytest.raises(_PluginReached), bias_act._plugin.installed(_RaisingBiasActPlugin()):
+            bias_act._self_check(device="cpu")
+    assert bias_act._plugin.module is None, "the self-check must restore the module's plugin"
 
 
 @cuda_only
@@ -390,5 +393,5 @@ def test_cuda_tensors_use_plugin_or_fall_back_once(fresh_op_module):
         for _ in range(3):
             assert_close(run(x.cuda(), "cuda"), expected, OPS_TOL, name=fresh_op_module.__name__)
     assert len(caught) <= 1
-    if fresh_op_module._plugin is None:
+    if fresh_op_module._plugin.module is None:
         assert len(caught) == 1 and "Falling back to slow reference implementation" in str(caught[0].message)
