@@ -68,13 +68,8 @@ def persistent_class(orig_class):
             assert class_name in vars(home), f"persistent class {class_name} is not a global of {home.__name__}"
             _check_pickleable(self.__reduce__())  # fail now rather than when a snapshot is written
 
-        @property
-        def init_args(self):
-            return copy.deepcopy(self._init_args)
-
-        @property
-        def init_kwargs(self):
-            return dnnlib.EasyDict(copy.deepcopy(self._init_kwargs))
+        init_args = property(_copy_of_init_args)
+        init_kwargs = property(_copy_of_init_kwargs)
 
         def __reduce__(self):
             return _persistent_reduction(self, super().__reduce__())
@@ -82,6 +77,17 @@ def persistent_class(orig_class):
     Persistent.__name__ = class_name
     _decorators.add(Persistent)
     return Persistent
+
+
+def _copy_of_init_args(obj):
+    """`init_args` of a persistent object: a deep copy of its positional constructor arguments (a tuple)."""
+    return copy.deepcopy(obj._init_args)
+
+
+def _copy_of_init_kwargs(obj):
+    """`init_kwargs` of a persistent object: a deep copy of its keyword constructor arguments, as an `EasyDict`
+    (loaders read them by attribute and rebuild the object with `type(obj)(**obj.init_kwargs)`)."""
+    return dnnlib.EasyDict(copy.deepcopy(obj._init_kwargs))
 
 
 def _persistent_reduction(obj, default):

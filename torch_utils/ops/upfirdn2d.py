@@ -291,37 +291,43 @@ def _native_function(resampling):
 # Convenience wrappers that add the padding keeping the image aligned with the filter's centre.
 
 
+def _upsampling_margins(taps, up):
+    """Padding `(before, after)` along one axis that centres a `taps`-tap filter on a grid upsampled by `up`.
+
+    With `up == 1` this is plain "same" filtering, whose margins are also `_downsampling_margins(taps, 1)`.
+    """
+    return (taps + up - 1) // 2, (taps - up) // 2
+
+
+def _downsampling_margins(taps, down):
+    """Padding `(before, after)` along one axis that centres a `taps`-tap filter on a grid decimated by `down`."""
+    return (taps - down + 1) // 2, (taps - down) // 2
+
+
+def _with_margins(padding, f, margins, factor_x, factor_y):
+    """`padding` `[px0, px1, py0, py1]` widened by `margins(taps, factor)` along x (filter width) and y (height)."""
+    fw, fh = _get_filter_size(f)
+    x0, x1 = margins(fw, factor_x)
+    y0, y1 = margins(fh, factor_y)
+    px0, px1, py0, py1 = padding
+    return [px0 + x0, px1 + x1, py0 + y0, py1 + y1]
+
+
 def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl="cuda"):
     """FIR-filter `x` `[N, C, H, W]`; with zero `padding` the output keeps the input size."""
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [padx0 + fw // 2, padx1 + (fw - 1) // 2, pady0 + fh // 2, pady1 + (fh - 1) // 2]
+    p = _with_margins(_parse_padding(padding), f, _upsampling_margins, 1, 1)
     return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
 
 
 def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl="cuda"):
     """Upsample `x` `[N, C, H, W]` by `up` and filter; `padding` is relative to the output."""
     upx, upy = _parse_scaling(up)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [
-        padx0 + (fw + upx - 1) // 2,
-        padx1 + (fw - upx) // 2,
-        pady0 + (fh + upy - 1) // 2,
-        pady1 + (fh - upy) // 2,
-    ]
+    p = _with_margins(_parse_padding(padding), f, _upsampling_margins, upx, upy)
     return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
 
 
 def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl="cuda"):
     """Filter and downsample `x` `[N, C, H, W]` by `down`; `padding` is relative to the input."""
     downx, downy = _parse_scaling(down)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [
-        padx0 + (fw - downx + 1) // 2,
-        padx1 + (fw - downx) // 2,
-        pady0 + (fh - downy + 1) // 2,
-        pady1 + (fh - downy) // 2,
-    ]
+    p = _with_margins(_parse_padding(padding), f, _downsampling_margins, downx, downy)
     return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
