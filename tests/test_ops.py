@@ -1,5 +1,5 @@
 """Vector parity of the custom ops' reference paths (setup_filter, upfirdn2d & wrappers, bias_act, conv2d_resample,
-fma) against tests/data/ops_*.npz, plus the worked examples of the foundation spec and the impl selection rules."""
+fma) against tests/data/ops_*.npz, plus worked examples of the documented semantics and the impl selection rules."""
 
 import warnings
 
@@ -97,7 +97,7 @@ def test_upfirdn2d_spec_examples():
 
 
 def test_upfirdn2d_adjoint_identity():
-    """The gradient of upfirdn2d is upfirdn2d with swapped factors, flipped filter and the spec's padding."""
+    """The gradient of upfirdn2d is upfirdn2d with swapped factors, flipped filter and the adjoint padding."""
     gen = torch.Generator().manual_seed(1)
     f = upfirdn2d.setup_filter([[1, 2, 0], [0, 1, 3], [1, 1, 1]])
     x = torch.randn([1, 2, 7, 9], generator=gen, dtype=torch.float64, requires_grad=True)
@@ -230,7 +230,7 @@ def test_conv2d_resample_vectors(case):
     ],
 )
 def test_conv2d_resample_matches_definition(kwargs):
-    """Every branch equals: upfirdn2d(up, pad, gain up^2) -> conv -> upfirdn2d(down) (spec §6.5)."""
+    """Every branch equals: upfirdn2d(up, pad, gain up^2) -> conv -> upfirdn2d(down) (docs/compatibility.md, "Ops")."""
     gen = torch.Generator().manual_seed(2)
     groups = kwargs.get("groups", 1)
     x = torch.randn([2, 2 * groups, 5, 6], generator=gen, dtype=torch.float64)
@@ -280,8 +280,8 @@ def test_fma_vectors(case):
 
 
 # ----------------------------------------------------------------------------
-# Implementation selection (foundation spec §6.1): CPU never builds and never warns; a missing or failing plugin
-# warns once per op and the reference path runs.
+# Implementation selection (docs/compatibility.md, "Ops"): CPU never builds and never warns; a missing or failing
+# plugin warns once per op and the reference path runs.
 
 
 @pytest.fixture(params=[upfirdn2d, bias_act], ids=["upfirdn2d", "bias_act"])

@@ -1,7 +1,7 @@
 """Small PyTorch helpers shared by the networks, ops and training loop.
 
 Everything here is also called by network source code embedded in reference pickles, so names, signatures and
-defaults are part of the on-disk contract (foundation spec §3 and §7).
+defaults are part of the on-disk contract (docs/compatibility.md, "Foundation").
 """
 
 import contextlib

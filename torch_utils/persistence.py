@@ -2,8 +2,8 @@
 
 Unpickling executes that source in a private module (once per distinct source text per process) and rebuilds the
 object from the class found there, so network snapshots keep working when the project's code changes or is
-absent. The pickled form is fixed by foundation spec §2.4 and must stay compatible with reference snapshots:
-a single call `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
+absent. The pickled form is fixed (docs/compatibility.md, "Foundation") and must stay compatible with reference
+snapshots: a single call `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
 `meta = {'type': 'class', 'version': 6, 'module_src': str, 'class_name': str, 'state': dict}`.
 """
 
@@ -91,7 +91,7 @@ def _copy_of_init_kwargs(obj):
 
 
 def _persistent_reduction(obj, default):
-    """Turn the default `__reduce__` result of a persistent object into the pickled form of spec §2.4.
+    """Turn the default `__reduce__` result of a persistent object into the fixed pickled form (module docstring).
 
     The object's state moves into the meta record, so pickle sees one call `_reconstruct_persistent_obj(meta)`
     with nothing left to apply afterwards.

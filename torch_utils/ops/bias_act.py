@@ -1,4 +1,6 @@
-"""Fused bias + activation + gain + clamp: `clamp(gain * act(x + b), -clamp, +clamp)` (foundation spec §6.3).
+"""Fused bias + activation + gain + clamp: `clamp(gain * act(x + b), -clamp, +clamp)`.
+
+The activation table and the defaults it supplies are fixed by docs/compatibility.md, "Ops".
 
 The pure-PyTorch path (`impl='ref'`) is the normative definition; its gradients of every order come from autograd.
 

@@ -1,4 +1,4 @@
-"""2-D convolution fused with FIR up/down-sampling (foundation spec §6.5).
+"""2-D convolution fused with FIR up/down-sampling (docs/compatibility.md, "Ops").
 
 Mathematically: zero-stuff by `up` and pad, FIR-filter with `f` (gain up²), convolve with `w`, then FIR-filter and
 decimate by `down`. The implementation picks the cheapest equivalent arrangement (transposed convolution for

@@ -2,7 +2,7 @@
 
 Per image and channel: insert zeros to upsample, pad (or crop, for negative padding), convolve with a FIR filter
 keeping only the "valid" part, then keep every `down`-th sample. The pure-PyTorch path (`impl='ref'`) is the
-normative definition (foundation spec §6.2); the optional native CUDA plugin must agree with it up to rounding.
+normative definition (docs/compatibility.md, "Ops"); the optional native CUDA plugin must agree with it up to rounding.
 
 Native plugin contract (the CUDA sources `upfirdn2d.cpp/.cu/.h` next to this file build `upfirdn2d_plugin`):
 `plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain) -> Tensor`, where `x` is
