@@ -32,6 +32,9 @@ _VERBOSITY_LEVELS = ("none", "brief", "full")
 # ones it was released with, which is common on current distributions and otherwise fails every build.
 OPS_CUDA_CFLAGS = ["--use_fast_math", "--allow-unsupported-compiler"]
 
+# Header that every plugin of torch_utils/ops includes besides its own.
+OPS_SHARED_HEADERS = ["fast_divisor.h"]
+
 # Loaded extension modules, keyed by module name.
 _cached_plugins = dict()
 
@@ -293,3 +296,20 @@ class OptionalPlugin:
             stacklevel=5,
         )
         return None
+
+
+def op_plugin(op_name, op_file, self_check):
+    """The `OptionalPlugin` of the op module `op_file` (its `__file__`) in torch_utils/ops.
+
+    By convention the extension is `<op_name>_plugin`, built from `<op_name>.cpp`, `<op_name>.cu`, `<op_name>.h` and
+    the shared headers, all next to `op_file`, with `OPS_CUDA_CFLAGS`.
+    """
+    return OptionalPlugin(
+        op_name=op_name,
+        module_name=f"{op_name}_plugin",
+        sources=[f"{op_name}.cpp", f"{op_name}.cu"],
+        headers=[f"{op_name}.h", *OPS_SHARED_HEADERS],
+        source_dir=os.path.dirname(os.path.abspath(op_file)),
+        self_check=self_check,
+        extra_cuda_cflags=OPS_CUDA_CFLAGS,
+    )

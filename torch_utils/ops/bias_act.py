@@ -15,8 +15,6 @@ shape, dtype and memory format), with `b` broadcast along axis `dim`; empty tens
     returns `x * dy * gain * act''(s)` with the same clamp mask (only used when `has_2nd_grad`).
 """
 
-import os
-
 import numpy as np
 import torch
 
@@ -91,15 +89,7 @@ def _self_check(device="cuda"):
     return None
 
 
-_plugin = custom_ops.OptionalPlugin(
-    op_name="bias_act",
-    module_name="bias_act_plugin",
-    sources=["bias_act.cpp", "bias_act.cu"],
-    headers=["bias_act.h", "fast_divisor.h"],
-    source_dir=os.path.dirname(os.path.abspath(__file__)),
-    self_check=_self_check,
-    extra_cuda_cflags=custom_ops.OPS_CUDA_CFLAGS,
-)
+_plugin = custom_ops.op_plugin("bias_act", __file__, self_check=_self_check)
 _init = _plugin.available  # the name bench/ops.py calls
 
 

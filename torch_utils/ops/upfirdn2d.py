@@ -11,7 +11,6 @@ Native plugin contract (the CUDA sources `upfirdn2d.cpp/.cu/.h` next to this fil
 """
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
@@ -45,15 +44,7 @@ def _self_check():
     return None
 
 
-_plugin = custom_ops.OptionalPlugin(
-    op_name="upfirdn2d",
-    module_name="upfirdn2d_plugin",
-    sources=["upfirdn2d.cpp", "upfirdn2d.cu"],
-    headers=["upfirdn2d.h", "fast_divisor.h"],
-    source_dir=os.path.dirname(os.path.abspath(__file__)),
-    self_check=_self_check,
-    extra_cuda_cflags=custom_ops.OPS_CUDA_CFLAGS,
-)
+_plugin = custom_ops.op_plugin("upfirdn2d", __file__, self_check=_self_check)
 _init = _plugin.available  # the name bench/ops.py calls
 
 
