@@ -1,4 +1,4 @@
-"""Tests for torch_utils.misc (foundation spec §3)."""
+"""Tests for torch_utils.misc (docs/compatibility.md, "Foundation")."""
 
 import itertools
 import os
@@ -173,7 +173,8 @@ def test_infinite_sampler_without_window_repeats_one_permutation():
 
 
 def test_infinite_sampler_window_swaps_stay_within_window():
-    # Replay the spec'd algorithm independently: each step swaps slot i with one of the `window - 1` slots before it.
+    # Replay the documented algorithm independently: each step swaps slot i with one of the `window - 1` slots
+    # before it.
     n, window_size, seed = 16, 0.25, 9
     window = int(np.rint(n * window_size))
     rnd = np.random.RandomState(seed)

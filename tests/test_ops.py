@@ -1,5 +1,5 @@
 """Vector parity of the custom ops' reference paths (setup_filter, upfirdn2d & wrappers, bias_act, conv2d_resample,
-fma) against tests/data/ops_*.npz, plus the worked examples of the foundation spec and the impl selection rules."""
+fma) against tests/data/ops_*.npz, plus worked examples of the documented semantics and the impl selection rules."""
 
 import warnings
 
@@ -97,7 +97,7 @@ def test_upfirdn2d_spec_examples():
 
 
 def test_upfirdn2d_adjoint_identity():
-    """The gradient of upfirdn2d is upfirdn2d with swapped factors, flipped filter and the spec's padding."""
+    """The gradient of upfirdn2d is upfirdn2d with swapped factors, flipped filter and the adjoint padding."""
     gen = torch.Generator().manual_seed(1)
     f = upfirdn2d.setup_filter([[1, 2, 0], [0, 1, 3], [1, 1, 1]])
     x = torch.randn([1, 2, 7, 9], generator=gen, dtype=torch.float64, requires_grad=True)
@@ -230,7 +230,7 @@ def test_conv2d_resample_vectors(case):
     ],
 )
 def test_conv2d_resample_matches_definition(kwargs):
-    """Every branch equals: upfirdn2d(up, pad, gain up^2) -> conv -> upfirdn2d(down) (spec §6.5)."""
+    """Every branch equals: upfirdn2d(up, pad, gain up^2) -> conv -> upfirdn2d(down) (docs/compatibility.md, "Ops")."""
     gen = torch.Generator().manual_seed(2)
     groups = kwargs.get("groups", 1)
     x = torch.randn([2, 2 * groups, 5, 6], generator=gen, dtype=torch.float64)
@@ -280,15 +280,15 @@ def test_fma_vectors(case):
 
 
 # ----------------------------------------------------------------------------
-# Implementation selection (foundation spec §6.1): CPU never builds and never warns; a missing or failing plugin
-# warns once per op and the reference path runs.
+# Implementation selection (docs/compatibility.md, "Ops"): CPU never builds and never warns; a missing or failing
+# plugin warns once per op and the reference path runs.
 
 
 @pytest.fixture(params=[upfirdn2d, bias_act], ids=["upfirdn2d", "bias_act"])
 def fresh_op_module(request, monkeypatch):
     module = request.param
-    monkeypatch.setattr(module, "_plugin", None)
-    monkeypatch.setattr(module, "_init_attempted", False)
+    monkeypatch.setattr(module._plugin, "module", None)
+    monkeypatch.setattr(module._plugin, "attempted", False)
     return module
 
 
@@ -303,20 +303,20 @@ def test_cuda_impl_on_cpu_is_silent_and_matches_ref(recwarn):
 
 
 def test_missing_sources_warn_once(fresh_op_module, tmp_path, monkeypatch):
-    monkeypatch.setattr(fresh_op_module, "_PLUGIN_SOURCE_DIR", str(tmp_path))
+    monkeypatch.setattr(fresh_op_module._plugin, "source_dir", str(tmp_path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert fresh_op_module._init() is False
-        assert fresh_op_module._init() is False
+        assert fresh_op_module._plugin.available() is False
+        assert fresh_op_module._plugin.available() is False
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "Falling back to slow reference implementation" in message and "not found" in message
 
 
 def test_build_failure_warns_once_with_details(fresh_op_module, tmp_path, monkeypatch):
-    for name in fresh_op_module._PLUGIN_SOURCES + fresh_op_module._PLUGIN_HEADERS:
+    for name in fresh_op_module._plugin.sources + fresh_op_module._plugin.headers:
         (tmp_path / name).write_text("// placeholder\n")
-    monkeypatch.setattr(fresh_op_module, "_PLUGIN_SOURCE_DIR", str(tmp_path))
+    monkeypatch.setattr(fresh_op_module._plugin, "source_dir", str(tmp_path))
 
     def failing_get_plugin(**kwargs):
         raise RuntimeError("simulated compiler failure")
@@ -324,8 +324,8 @@ def test_build_failure_warns_once_with_details(fresh_op_module, tmp_path, monkey
     monkeypatch.setattr(custom_ops, "get_plugin", failing_get_plugin)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert fresh_op_module._init() is False
-        assert fresh_op_module._init() is False
+        assert fresh_op_module._plugin.available() is False
+        assert fresh_op_module._plugin.available() is False
     assert len(caught) == 1
     message = str(caught[0].message)
     assert message.startswith("Failed to build CUDA kernels for") and "simulated compiler failure" in message
@@ -339,15 +339,18 @@ def test_plugin_that_fails_its_self_check_is_not_used(tmp_path, monkeypatch):
     monkeypatch.setattr(custom_ops, "get_plugin", lambda **kwargs: built)
     checked = []
 
-    def disagreeing_check(plugin):
-        checked.append(plugin)
+    def disagreeing_check():
+        checked.append(disagreeing.module)  # the check runs with the new module installed
         return "max |y - ref| = 3"
 
     kwargs = dict(op_name="myop", module_name="k_plugin", sources=["k.cpp"], headers=["k.h"], source_dir=str(tmp_path))
+    disagreeing = custom_ops.OptionalPlugin(**kwargs, self_check=disagreeing_check)
+    agreeing = custom_ops.OptionalPlugin(**kwargs, self_check=lambda: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert custom_ops.load_optional_plugin(**kwargs, self_check=disagreeing_check) is None
-        assert custom_ops.load_optional_plugin(**kwargs, self_check=lambda plugin: None) is built
+        assert disagreeing.available() is False and disagreeing.available() is False
+        assert disagreeing.module is None
+        assert agreeing.available() is True and agreeing.module is built
     assert checked == [built]
     assert len(caught) == 1
     assert "disagree with the reference implementation" in str(caught[0].message)
@@ -368,9 +371,9 @@ def test_bias_act_self_check_runs_under_no_grad(grad_mode):
     """The first CUDA call may come from generate.py's no_grad: the check's reference half must still differentiate
     and hand over to the plugin, instead of failing and dropping a good plugin."""
     with grad_mode():
-        with pytest.raises(_PluginReached):
-            bias_act._self_check(_RaisingBiasActPlugin(), device="cpu")
-    assert bias_act._plugin is None, "the self-check must restore the module's plugin"
+        with pytest.raises(_PluginReached), bias_act._plugin.installed(_RaisingBiasActPlugin()):
+            bias_act._self_check(device="cpu")
+    assert bias_act._plugin.module is None, "the self-check must restore the module's plugin"
 
 
 @cuda_only
@@ -390,5 +393,5 @@ def test_cuda_tensors_use_plugin_or_fall_back_once(fresh_op_module):
         for _ in range(3):
             assert_close(run(x.cuda(), "cuda"), expected, OPS_TOL, name=fresh_op_module.__name__)
     assert len(caught) <= 1
-    if fresh_op_module._plugin is None:
+    if fresh_op_module._plugin.module is None:
         assert len(caught) == 1 and "Falling back to slow reference implementation" in str(caught[0].message)

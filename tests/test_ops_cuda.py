@@ -34,10 +34,10 @@ BUILD_TIMEOUT_S = 900
 @pytest.fixture(scope="module", autouse=True)
 def _plugins_built():
     """Build both plugins once; on a GPU machine a build failure must fail the tests instead of falling back."""
-    upfirdn2d._init_attempted = False
-    bias_act._init_attempted = False
-    assert upfirdn2d._init(), "upfirdn2d_plugin failed to build (see the warning for the compiler output)"
-    assert bias_act._init(), "bias_act_plugin failed to build (see the warning for the compiler output)"
+    upfirdn2d._plugin.reset()
+    bias_act._plugin.reset()
+    assert upfirdn2d._plugin.available(), "upfirdn2d_plugin failed to build (see the warning for the compiler output)"
+    assert bias_act._plugin.available(), "bias_act_plugin failed to build (see the warning for the compiler output)"
 
 
 def _seed(*values):
@@ -178,11 +178,11 @@ def test_upfirdn2d_plugin_rejects_bad_arguments():
     x = torch.zeros([1, 1, 4, 4], device="cuda")
     f = torch.ones([3, 3], device="cuda")
     with pytest.raises(RuntimeError, match="smaller than the filter"):
-        upfirdn2d._plugin.upfirdn2d(x, f, 1, 1, 1, 1, -1, 0, 0, 0, False, 1.0)
+        upfirdn2d._plugin.module.upfirdn2d(x, f, 1, 1, 1, 1, -1, 0, 0, 0, False, 1.0)
     with pytest.raises(RuntimeError, match="float32"):
-        upfirdn2d._plugin.upfirdn2d(x, f.double(), 1, 1, 1, 1, 0, 0, 0, 0, False, 1.0)
+        upfirdn2d._plugin.module.upfirdn2d(x, f.double(), 1, 1, 1, 1, 0, 0, 0, 0, False, 1.0)
     with pytest.raises(RuntimeError, match="CUDA tensor"):
-        upfirdn2d._plugin.upfirdn2d(x.cpu(), f, 1, 1, 1, 1, 0, 0, 0, 0, False, 1.0)
+        upfirdn2d._plugin.module.upfirdn2d(x.cpu(), f, 1, 1, 1, 1, 0, 0, 0, 0, False, 1.0)
 
 
 def test_upfirdn2d_empty_batch():
@@ -315,11 +315,11 @@ def test_bias_act_plugin_rejects_bad_arguments():
     x = torch.zeros([2, 3], device="cuda")
     null = x.new_empty([0])
     with pytest.raises(RuntimeError, match="b must have shape"):
-        bias_act._plugin.bias_act(x, torch.zeros([4], device="cuda"), null, null, null, 0, 1, 1, 0.0, 1.0, -1.0)
+        bias_act._plugin.module.bias_act(x, torch.zeros([4], device="cuda"), null, null, null, 0, 1, 1, 0.0, 1.0, -1.0)
     with pytest.raises(RuntimeError, match="act must be"):
-        bias_act._plugin.bias_act(x, null, null, null, null, 0, 1, 42, 0.0, 1.0, -1.0)
+        bias_act._plugin.module.bias_act(x, null, null, null, null, 0, 1, 42, 0.0, 1.0, -1.0)
     with pytest.raises(RuntimeError, match="need yref"):
-        bias_act._plugin.bias_act(x, null, null, null, null, 1, 1, 4, 0.0, 1.0, -1.0)
+        bias_act._plugin.module.bias_act(x, null, null, null, null, 1, 1, 4, 0.0, 1.0, -1.0)
 
 
 def test_bias_act_large_values_and_nan():
@@ -342,13 +342,13 @@ _BUILD_SCRIPT = textwrap.dedent(
     from torch_utils import custom_ops
     custom_ops.verbosity = "none"
     from torch_utils.ops import bias_act, upfirdn2d
-    assert upfirdn2d._init() and bias_act._init(), "plugin build failed"
+    assert upfirdn2d._plugin.available() and bias_act._plugin.available(), "plugin build failed"
     import torch
     x = torch.randn([1, 2, 8, 8], device="cuda")
     f = upfirdn2d.setup_filter([1, 3, 3, 1], device="cuda")
     y = bias_act.bias_act(upfirdn2d.upsample2d(x, f), act="lrelu")
     torch.cuda.synchronize()
-    print("LOADED", upfirdn2d._plugin.__file__, bias_act._plugin.__file__)
+    print("LOADED", upfirdn2d._plugin.module.__file__, bias_act._plugin.module.__file__)
     """
 )
 

@@ -96,9 +96,12 @@ def test_conv2d_resample_gradcheck(config):
 
 @pytest.fixture
 def gradfix_enabled(monkeypatch):
+    """Both custom ops on, and on the CPU too (by default they run for CUDA tensors only)."""
     monkeypatch.setattr(conv2d_gradfix, "enabled", True)
     monkeypatch.setattr(conv2d_gradfix, "weight_gradients_disabled", False)
+    monkeypatch.setattr(conv2d_gradfix, "_custom_op_devices", ("cuda", "cpu"))
     monkeypatch.setattr(grid_sample_gradfix, "enabled", True)
+    monkeypatch.setattr(grid_sample_gradfix, "_custom_op_devices", ("cuda", "cpu"))
 
 
 CONV_CASES = [
@@ -278,7 +281,7 @@ class _ReferenceBiasActPlugin:
 
 
 def test_upfirdn2d_native_wrapper_gradients(monkeypatch):
-    monkeypatch.setattr(upfirdn2d, "_plugin", _ReferenceUpfirdn2dPlugin())
+    monkeypatch.setattr(upfirdn2d._plugin, "module", _ReferenceUpfirdn2dPlugin())
     x = _randn([1, 2, 4, 5], seed=70)
     for filt, kwargs in [
         ([[1, 2, 0], [0, 1, 3], [1, 1, 1]], dict(up=[2, 1], down=[1, 2], padding=[2, 1, 0, 3], flip_filter=True)),
@@ -294,7 +297,7 @@ def test_upfirdn2d_native_wrapper_gradients(monkeypatch):
 @pytest.mark.parametrize("act", ["linear", "lrelu", "tanh", "swish"])
 @pytest.mark.parametrize("clamp", [None, 0.8], ids=["noclamp", "clamp"])
 def test_bias_act_native_wrapper_gradients(monkeypatch, act, clamp):
-    monkeypatch.setattr(bias_act, "_plugin", _ReferenceBiasActPlugin())
+    monkeypatch.setattr(bias_act._plugin, "module", _ReferenceBiasActPlugin())
     x, b = _randn([2, 3, 2, 2], seed=71), _randn([3], seed=72)
     op = bias_act._bias_act_cuda(dim=1, act=act, gain=1.3, clamp=clamp)
     expected = bias_act.bias_act(x, b, dim=1, act=act, gain=1.3, clamp=clamp, impl="ref")

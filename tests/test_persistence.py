@@ -1,4 +1,5 @@
-"""Tests for torch_utils.persistence (foundation spec §2): pickles that carry their defining module's source."""
+"""Tests for torch_utils.persistence: pickles that carry their defining module's source (docs/compatibility.md,
+"Foundation")."""
 
 import copy
 import io

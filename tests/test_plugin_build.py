@@ -64,10 +64,9 @@ _BUILD_SCRIPT = textwrap.dedent(
     custom_ops.verbosity = "none"
     plugins = {{}}
     for op in (upfirdn2d, bias_act):
-        plugin = custom_ops.get_plugin(module_name=op._PLUGIN_NAME, sources=op._PLUGIN_SOURCES,
-            headers=op._PLUGIN_HEADERS, source_dir=op._PLUGIN_SOURCE_DIR, extra_cuda_cflags=custom_ops.OPS_CUDA_CFLAGS)
-        plugins[op._PLUGIN_NAME] = plugin
-        print("LOADED", op._PLUGIN_NAME, plugin.__file__, flush=True)
+        plugin = op._plugin.build()
+        plugins[op._plugin.module_name] = plugin
+        print("LOADED", op._plugin.module_name, plugin.__file__, flush=True)
 
     calls = []
     def through_binding(fn, args, label):
@@ -92,7 +91,7 @@ _BUILD_SCRIPT = textwrap.dedent(
             through_binding(plugins["bias_act_plugin"].bias_act, args, f"bias_act/grad{{args[5]}}")
             return torch.zeros_like(args[0])
 
-    upfirdn2d._plugin, bias_act._plugin = Upfirdn2dProxy(), BiasActProxy()
+    upfirdn2d._plugin.module, bias_act._plugin.module = Upfirdn2dProxy(), BiasActProxy()
     x = torch.randn([2, 3, 8, 8], requires_grad=True)
     b = torch.randn([3], requires_grad=True)
     f2d = upfirdn2d.setup_filter([1, 3, 3, 1])

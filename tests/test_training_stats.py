@@ -1,4 +1,4 @@
-"""Tests for torch_utils.training_stats (foundation spec §4), single process."""
+"""Tests for torch_utils.training_stats (docs/compatibility.md, "Foundation"), single process."""
 
 import json
 import math

@@ -1,7 +1,8 @@
-"""Just-in-time building and loading of native PyTorch extensions ("plugins").
+"""Just-in-time building and loading of native PyTorch extensions ("plugins"), and the ops' optional plugins.
 
-Native kernels are an optional accelerator: `get_plugin` raises on any build or import failure, and its callers
-(the ops modules) catch that, warn once and use their pure-PyTorch reference path instead.
+`get_plugin` builds and imports one extension and raises on any failure. `OptionalPlugin` wraps it for an op that
+has a pure-PyTorch reference path: build on first use, check the result against that path once, and otherwise warn
+once and leave the op on its reference path (docs/compatibility.md, "Ops").
 
 Builds go through `torch.utils.cpp_extension.load` (ninja). When all sources and headers live in one directory,
 they are first copied into a cache directory named after an MD5 of their contents and the local GPU model, so
@@ -9,6 +10,7 @@ identical sources on the same GPU model reuse one build and edited sources alway
 track header dependencies of .cu files).
 """
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -20,7 +22,6 @@ import uuid
 import warnings
 
 import torch
-import torch.utils.cpp_extension
 
 # One of 'none', 'brief', 'full'. The training launcher sets 'none' on every rank but 0.
 verbosity = "brief"
@@ -31,8 +32,20 @@ _VERBOSITY_LEVELS = ("none", "brief", "full")
 # ones it was released with, which is common on current distributions and otherwise fails every build.
 OPS_CUDA_CFLAGS = ["--use_fast_math", "--allow-unsupported-compiler"]
 
+# Header that every plugin of torch_utils/ops includes besides its own.
+OPS_SHARED_HEADERS = ["fast_divisor.h"]
+
 # Loaded extension modules, keyed by module name.
 _cached_plugins = dict()
+
+
+def _cpp_extension():
+    """`torch.utils.cpp_extension`, imported on first use: it pulls in setuptools (about half a second), which
+    processes that never build a plugin (every CPU-only one) should not pay for."""
+    import torch.utils.cpp_extension
+
+    return torch.utils.cpp_extension
+
 
 # ----------------------------------------------------------------------------
 # Windows: locate the MSVC host compiler when it is not on PATH.
@@ -80,11 +93,12 @@ def _get_mangled_gpu_name():
 
 def _get_build_directory(module_name):
     """PyTorch's extension build directory for `module_name` (created if missing)."""
-    get_dir = getattr(torch.utils.cpp_extension, "_get_build_directory", None)
+    cpp_extension = _cpp_extension()
+    get_dir = getattr(cpp_extension, "_get_build_directory", None)
     if get_dir is not None:
         return get_dir(module_name, verbose=False)
     # Fallback for PyTorch versions without the private helper: same root, without the python/cuda tag.
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     build_dir = os.path.join(root, module_name)
     os.makedirs(build_dir, exist_ok=True)
     return build_dir
@@ -125,6 +139,11 @@ def _materialize_cached_sources(module_name, all_files):
 # ----------------------------------------------------------------------------
 
 
+def _under(directory, names):
+    """`names` as a list of paths, joined onto `directory` unless it is None."""
+    return [name if directory is None else os.path.join(directory, name) for name in names]
+
+
 def _status(full_text, brief_text, end="\n"):
     if verbosity == "full":
         print(full_text)
@@ -140,14 +159,11 @@ def get_plugin(module_name, sources, headers=None, source_dir=None, **build_kwar
     process. Raises on failure; callers are expected to catch that and fall back to their reference path.
     """
     assert verbosity in _VERBOSITY_LEVELS, f"custom_ops.verbosity must be one of {_VERBOSITY_LEVELS}, got {verbosity!r}"
-    if headers is None:
-        headers = []
-    if source_dir is not None:
-        sources = [os.path.join(source_dir, fname) for fname in sources]
-        headers = [os.path.join(source_dir, fname) for fname in headers]
-
-    if module_name in _cached_plugins:
-        return _cached_plugins[module_name]
+    module = _cached_plugins.get(module_name)
+    if module is not None:
+        return module
+    sources = _under(source_dir, sources)
+    headers = _under(source_dir, headers or ())
 
     setup_text = f'Setting up PyTorch plugin "{module_name}"...'
     _status(setup_text, setup_text + " ", end="")
@@ -164,7 +180,7 @@ def get_plugin(module_name, sources, headers=None, source_dir=None, **build_kwar
         if len(all_dirs) == 1:
             cached_dir = _materialize_cached_sources(module_name, all_files)
             cached_sources = [os.path.join(cached_dir, os.path.basename(path)) for path in sources]
-            module = torch.utils.cpp_extension.load(
+            module = _cpp_extension().load(
                 name=module_name,
                 sources=cached_sources,
                 build_directory=cached_dir,
@@ -172,9 +188,7 @@ def get_plugin(module_name, sources, headers=None, source_dir=None, **build_kwar
                 **build_kwargs,
             )
         else:
-            module = torch.utils.cpp_extension.load(
-                name=module_name, sources=sources, verbose=verbose_build, **build_kwargs
-            )
+            module = _cpp_extension().load(name=module_name, sources=sources, verbose=verbose_build, **build_kwargs)
         # load() normally registers the module; make sure later imports by name find it.
         sys.modules.setdefault(module_name, module)
     except BaseException:
@@ -190,36 +204,112 @@ def get_plugin(module_name, sources, headers=None, source_dir=None, **build_kwar
 # ----------------------------------------------------------------------------
 
 
-def load_optional_plugin(op_name, module_name, sources, headers, source_dir, self_check=None, **build_kwargs):
-    """The native plugin of op `op_name`, or None after exactly one warning saying why; never raises.
+class OptionalPlugin:
+    """The native kernels of one op, used only where they build and agree with the op's reference path.
 
-    Missing sources and build errors give the reference's "Failed to build CUDA kernels for ..." warning with the
-    details. `self_check(plugin)` (optional) runs the plugin once on a small input against the op's reference path
-    and returns None when they agree, or a description of the disagreement; a plugin that disagrees is not used.
+    The op asks `available()` before running a CUDA tensor through its kernels. The first call builds the extension
+    (`get_plugin`) and runs `self_check()` with the new module installed as `module`; if anything fails, exactly one
+    warning says why, `module` stays None and the op keeps to its reference path for the rest of the process.
+    Later calls only read the outcome. The op's autograd functions call the kernels through `module`.
     """
-    fallback = f"Failed to build CUDA kernels for {op_name}. Falling back to slow reference implementation."
-    missing = [name for name in list(sources) + list(headers) if not os.path.isfile(os.path.join(source_dir, name))]
-    if missing:
-        details = f"native sources not found in {source_dir}: {', '.join(missing)}"
-        warnings.warn(f"{fallback} Details:\n\n{details}", stacklevel=3)
-        return None
-    try:
-        plugin = get_plugin(
-            module_name=module_name, sources=sources, headers=headers, source_dir=source_dir, **build_kwargs
+
+    def __init__(self, op_name, module_name, sources, headers, source_dir, self_check=None, **build_kwargs):
+        """`sources`/`headers` are file names in `source_dir`; `self_check()` returns None when the installed
+        module agrees with the reference path, else a description of the disagreement. `build_kwargs` go to
+        `torch.utils.cpp_extension.load`."""
+        self.op_name = op_name
+        self.module_name = module_name
+        self.sources = list(sources)
+        self.headers = list(headers)
+        self.source_dir = source_dir
+        self.self_check = self_check
+        self.build_kwargs = build_kwargs
+        self.module = None  # the extension module, once it has passed its self-check
+        self.attempted = False
+
+    def available(self):
+        """True iff the kernels are usable; the first call tries to make them so (never raises)."""
+        if not self.attempted:
+            self.attempted = True
+            self.module = self._load()
+        return self.module is not None
+
+    def build(self):
+        """Build (or reuse) and import the extension as the op does, without the self-check; raises on failure."""
+        return get_plugin(
+            module_name=self.module_name,
+            sources=self.sources,
+            headers=self.headers,
+            source_dir=self.source_dir,
+            **self.build_kwargs,
         )
-    except Exception:
-        warnings.warn(f"{fallback} Details:\n\n{traceback.format_exc()}", stacklevel=3)
-        return None
-    if self_check is not None:
+
+    def reset(self):
+        """Forget the outcome, so the next `available()` tries again."""
+        self.module = None
+        self.attempted = False
+
+    @contextlib.contextmanager
+    def installed(self, candidate):
+        """Let the op's kernels call `candidate` inside the block; the previous module is back afterwards."""
+        previous, self.module = self.module, candidate
         try:
-            problem = self_check(plugin)
+            yield candidate
+        finally:
+            self.module = previous
+
+    def _load(self):
+        """The checked extension module, or None after one warning."""
+        names = self.sources + self.headers
+        missing = [name for name in names if not os.path.isfile(os.path.join(self.source_dir, name))]
+        if missing:
+            return self._fall_back(f"native sources not found in {self.source_dir}: {', '.join(missing)}")
+        try:
+            candidate = self.build()
         except Exception:
-            problem = traceback.format_exc()
+            return self._fall_back(traceback.format_exc())
+        problem = self._disagreement(candidate)
         if problem is not None:
+            # Attributed to the op's caller: above it are the op's function, available() and this method.
             warnings.warn(
-                f"The CUDA kernels for {op_name} built but disagree with the reference implementation on a "
+                f"The CUDA kernels for {self.op_name} built but disagree with the reference implementation on a "
                 f"self-check; using the reference implementation. Details: {problem}",
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
-    return plugin
+        return candidate
+
+    def _disagreement(self, candidate):
+        if self.self_check is None:
+            return None
+        try:
+            with self.installed(candidate):
+                return self.self_check()
+        except Exception:
+            return traceback.format_exc()
+
+    def _fall_back(self, details):
+        # The reference's wording. Attributed to the op's caller (above it: the op, available(), _load(), here).
+        warnings.warn(
+            f"Failed to build CUDA kernels for {self.op_name}. Falling back to slow reference implementation. "
+            f"Details:\n\n{details}",
+            stacklevel=5,
+        )
+        return None
+
+
+def op_plugin(op_name, op_file, self_check):
+    """The `OptionalPlugin` of the op module `op_file` (its `__file__`) in torch_utils/ops.
+
+    By convention the extension is `<op_name>_plugin`, built from `<op_name>.cpp`, `<op_name>.cu`, `<op_name>.h` and
+    the shared headers, all next to `op_file`, with `OPS_CUDA_CFLAGS`.
+    """
+    return OptionalPlugin(
+        op_name=op_name,
+        module_name=f"{op_name}_plugin",
+        sources=[f"{op_name}.cpp", f"{op_name}.cu"],
+        headers=[f"{op_name}.h", *OPS_SHARED_HEADERS],
+        source_dir=os.path.dirname(os.path.abspath(op_file)),
+        self_check=self_check,
+        extra_cuda_cflags=OPS_CUDA_CFLAGS,
+    )

@@ -1,10 +1,11 @@
 """Small PyTorch helpers shared by the networks, ops and training loop.
 
 Everything here is also called by network source code embedded in reference pickles, so names, signatures and
-defaults are part of the on-disk contract (foundation spec §3 and §7).
+defaults are part of the on-disk contract (docs/compatibility.md, "Foundation").
 """
 
 import contextlib
+import functools
 import itertools
 import re
 import warnings
@@ -101,29 +102,38 @@ def assert_shape(tensor, ref_shape):
     if tensor.ndim != len(ref_shape):
         raise AssertionError(f"Wrong number of dimensions: got {tensor.ndim}, expected {len(ref_shape)}")
     for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
+        traced = isinstance(size, torch.Tensor) or isinstance(ref_size, torch.Tensor)
         if ref_size is None:
-            continue
-        if isinstance(ref_size, torch.Tensor):
-            with suppress_tracer_warnings():
-                symbolic_assert(torch.equal(torch.as_tensor(size), ref_size), f"Wrong size for dimension {idx}")
-        elif isinstance(size, torch.Tensor):
-            with suppress_tracer_warnings():
-                symbolic_assert(
-                    torch.equal(size, torch.as_tensor(ref_size)), f"Wrong size for dimension {idx}: expected {ref_size}"
-                )
+            pass
+        elif traced:
+            _assert_traced_size(idx, size, ref_size)
         elif size != ref_size:
             raise AssertionError(f"Wrong size for dimension {idx}: got {size}, expected {ref_size}")
 
 
-def profiled_function(fn):
-    """Decorator: run `fn` inside a profiler range named after it."""
+def _assert_traced_size(idx, size, ref_size):
+    """Record `size == ref_size` in the traced graph; one of them is a tensor (the messages are the reference's)."""
+    with suppress_tracer_warnings():
+        if isinstance(ref_size, torch.Tensor):
+            symbolic_assert(torch.equal(torch.as_tensor(size), ref_size), f"Wrong size for dimension {idx}")
+        else:
+            expected = torch.as_tensor(ref_size)
+            symbolic_assert(torch.equal(size, expected), f"Wrong size for dimension {idx}: expected {ref_size}")
 
-    def decorator(*args, **kwargs):
+
+def profiled_function(fn):
+    """Decorator: every call of `fn` shows up in the autograd profiler as a range named after `fn`.
+
+    `functools.wraps` keeps the wrapped function's name (the profiler range and, for pickling by reference, its
+    qualified name).
+    """
+
+    @functools.wraps(fn)
+    def profiled(*args, **kwargs):
         with torch.autograd.profiler.record_function(fn.__name__):
             return fn(*args, **kwargs)
 
-    decorator.__name__ = fn.__name__
-    return decorator
+    return profiled
 
 
 # ----------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Unpickling executes that source in a private module (once per distinct source text per process) and rebuilds the
 object from the class found there, so network snapshots keep working when the project's code changes or is
-absent. The pickled form is fixed by foundation spec §2.4 and must stay compatible with reference snapshots:
-a single call `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
+absent. The pickled form is fixed (docs/compatibility.md, "Foundation") and must stay compatible with reference
+snapshots: a single call `torch_utils.persistence._reconstruct_persistent_obj(meta)` with
 `meta = {'type': 'class', 'version': 6, 'module_src': str, 'class_name': str, 'state': dict}`.
 """
 
@@ -68,13 +68,8 @@ def persistent_class(orig_class):
             assert class_name in vars(home), f"persistent class {class_name} is not a global of {home.__name__}"
             _check_pickleable(self.__reduce__())  # fail now rather than when a snapshot is written
 
-        @property
-        def init_args(self):
-            return copy.deepcopy(self._init_args)
-
-        @property
-        def init_kwargs(self):
-            return dnnlib.EasyDict(copy.deepcopy(self._init_kwargs))
+        init_args = property(_copy_of_init_args)
+        init_kwargs = property(_copy_of_init_kwargs)
 
         def __reduce__(self):
             return _persistent_reduction(self, super().__reduce__())
@@ -84,8 +79,19 @@ def persistent_class(orig_class):
     return Persistent
 
 
+def _copy_of_init_args(obj):
+    """`init_args` of a persistent object: a deep copy of its positional constructor arguments (a tuple)."""
+    return copy.deepcopy(obj._init_args)
+
+
+def _copy_of_init_kwargs(obj):
+    """`init_kwargs` of a persistent object: a deep copy of its keyword constructor arguments, as an `EasyDict`
+    (loaders read them by attribute and rebuild the object with `type(obj)(**obj.init_kwargs)`)."""
+    return dnnlib.EasyDict(copy.deepcopy(obj._init_kwargs))
+
+
 def _persistent_reduction(obj, default):
-    """Turn the default `__reduce__` result of a persistent object into the pickled form of spec §2.4.
+    """Turn the default `__reduce__` result of a persistent object into the fixed pickled form (module docstring).
 
     The object's state moves into the meta record, so pickle sees one call `_reconstruct_persistent_obj(meta)`
     with nothing left to apply afterwards.

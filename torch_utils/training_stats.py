@@ -118,28 +118,33 @@ class Collector:
             self._moments[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
         return self._moments[name]
 
+    def _interval(self, name):
+        """`(count, sum, sum of squares)` of the last interval as Python floats (float64, exactly)."""
+        return tuple(self._get_delta(name).tolist())
+
     def num(self, name):
         """Number of scalars reported for `name` in the last interval."""
-        delta = self._get_delta(name)
-        return int(delta[0])
+        count, _, _ = self._interval(name)
+        return int(count)
 
     def mean(self, name):
         """Mean of the scalars reported for `name` in the last interval (NaN if none)."""
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0:
-            return float("nan")
-        return float(delta[1] / delta[0])
+        count, total, _ = self._interval(name)
+        return total / count if int(count) != 0 else float("nan")
 
     def std(self, name):
-        """Population standard deviation of the last interval's scalars (NaN if none or non-finite; 0 for one)."""
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0 or not np.isfinite(float(delta[1])):
+        """Population standard deviation of the last interval's scalars (NaN if none or non-finite; 0 for one).
+
+        Computed in float64 as sqrt(E[x^2] - E[x]^2), floored at 0 against rounding; a NumPy float64.
+        """
+        count, total, total_of_squares = self._interval(name)
+        if int(count) == 0 or not np.isfinite(total):
             return float("nan")
-        if int(delta[0]) == 1:
-            return float(0)
-        mean = float(delta[1] / delta[0])
-        raw_var = float(delta[2] / delta[0])
-        return np.sqrt(max(raw_var - np.square(mean), 0))
+        if int(count) == 1:
+            return 0.0
+        mean = total / count
+        variance = total_of_squares / count - np.square(mean)
+        return np.sqrt(max(variance, 0))
 
     def as_dict(self):
         """`EasyDict` name => `EasyDict(num, mean, std)` for every matching name."""

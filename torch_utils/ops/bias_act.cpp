@@ -95,8 +95,8 @@ torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, tor
     if (p.use_32bit_index) {
         // Within a dense tensor of < 2^31 elements every stride and size fits the 32-bit divisors.
         const int64_t stride32 = std::min<int64_t>(bias_stride, kMax32BitNumel);  // only a size-1 axis exceeds it
-        p.bias_stride_div = make_bias_act_divisor(static_cast<uint32_t>(stride32));
-        p.bias_size_div = make_bias_act_divisor(static_cast<uint32_t>(bias_size));
+        p.bias_stride_div = make_fast_divisor(static_cast<uint32_t>(stride32));
+        p.bias_size_div = make_fast_divisor(static_cast<uint32_t>(bias_size));
     }
 
     cudaError_t err = cudaSuccess;

@@ -9,15 +9,6 @@
 
 namespace {
 
-template <typename T>
-struct AccType {
-    using type = float;
-};
-template <>
-struct AccType<double> {
-    using type = double;
-};
-
 // Overloads so one template body serves float and double accumulators.
 __device__ __forceinline__ float dev_exp(float v) { return expf(v); }
 __device__ __forceinline__ double dev_exp(double v) { return exp(v); }
@@ -104,11 +95,6 @@ __device__ __forceinline__ A act_second_derivative(int act, A s, A r) {
         }
         default: return A(0);  // linear, relu, lrelu
     }
-}
-
-__device__ __forceinline__ int32_t fast_div(int32_t n, const BiasActDivisor& d) {
-    const uint32_t hi = __umulhi(static_cast<uint32_t>(n), d.multiplier);
-    return static_cast<int32_t>((hi + static_cast<uint32_t>(n)) >> d.shift);
 }
 
 // Position along the bias axis of the element at storage offset i: (i / bias_stride) % bias_size.

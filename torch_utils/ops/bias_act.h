@@ -7,20 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
-// Division by a fixed divisor 1 <= d <= 2^31 as a multiply-high and a shift, exact for dividends n < 2^31:
-// q = (umulhi(n, multiplier) + n) >> shift. Set up on the host, used by the 32-bit-index kernels.
-struct BiasActDivisor {
-    uint32_t divisor;
-    uint32_t multiplier;
-    uint32_t shift;
-};
-
-inline BiasActDivisor make_bias_act_divisor(uint32_t divisor) {
-    uint32_t shift = 0;
-    while ((uint64_t(1) << shift) < divisor) ++shift;
-    const uint64_t multiplier = ((uint64_t(1) << 32) * ((uint64_t(1) << shift) - divisor)) / divisor + 1;
-    return BiasActDivisor{divisor, static_cast<uint32_t>(multiplier), shift};
-}
+#include "fast_divisor.h"
 
 // Activation codes: the `cuda_idx` column of bias_act.activation_funcs.
 enum BiasActActivation : int {
@@ -53,8 +40,8 @@ struct BiasActParams {
     int64_t numel;
     int64_t bias_stride;
     int64_t bias_size;
-    BiasActDivisor bias_stride_div;  // same divisors, for the 32-bit-index kernel
-    BiasActDivisor bias_size_div;
+    FastDivisor bias_stride_div;  // same divisors, for the 32-bit-index kernel
+    FastDivisor bias_size_div;
     int mode;
     int act;
     double alpha;

@@ -1,4 +1,6 @@
-"""Fused bias + activation + gain + clamp: `clamp(gain * act(x + b), -clamp, +clamp)` (foundation spec §6.3).
+"""Fused bias + activation + gain + clamp: `clamp(gain * act(x + b), -clamp, +clamp)`.
+
+The activation table and the defaults it supplies are fixed by docs/compatibility.md, "Ops".
 
 The pure-PyTorch path (`impl='ref'`) is the normative definition; its gradients of every order come from autograd.
 
@@ -13,13 +15,11 @@ shape, dtype and memory format), with `b` broadcast along axis `dim`; empty tens
     returns `x * dy * gain * act''(s)` with the same clamp mask (only used when `has_2nd_grad`).
 """
 
-import os
-
 import numpy as np
 import torch
 
 import dnnlib
-from torch_utils import misc
+from torch_utils import custom_ops, misc
 
 # ----------------------------------------------------------------------------
 # Activation table. `def_gain` keeps NumPy float64 / int values: networks read and store it as their act_gain.
@@ -58,66 +58,39 @@ def _activation(act):
 # Optional native plugin. CPU tensors never trigger a build; a failed or impossible build warns once and the
 # reference path is used for the rest of the process.
 
-_PLUGIN_NAME = "bias_act_plugin"
-_PLUGIN_SOURCES = ["bias_act.cpp", "bias_act.cu"]
-_PLUGIN_HEADERS = ["bias_act.h"]
-_PLUGIN_SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-_plugin = None
-_init_attempted = False
 
-
-def _init():
-    """Try (once per process) to obtain the native plugin; return True iff it is usable."""
-    global _plugin, _init_attempted
-    if not _init_attempted:
-        _init_attempted = True
-        from torch_utils import custom_ops
-
-        _plugin = custom_ops.load_optional_plugin(
-            op_name="bias_act",
-            module_name=_PLUGIN_NAME,
-            sources=_PLUGIN_SOURCES,
-            headers=_PLUGIN_HEADERS,
-            source_dir=_PLUGIN_SOURCE_DIR,
-            self_check=_self_check,
-            extra_cuda_cflags=custom_ops.OPS_CUDA_CFLAGS,
-        )
-    return _plugin is not None
-
-
-def _self_check(plugin, device="cuda"):
-    """Compare the freshly built plugin with the reference path on a small input (values and first derivatives).
+def _self_check(device="cuda"):
+    """Compare the installed plugin with the reference path on a small input (values and first derivatives).
 
     Uses a private generator so that the global RNG streams of a training run are not touched, and turns autograd
     on for itself: the first CUDA call, which triggers this check, may come from inside `torch.no_grad()` (e.g.
     generate.py) or `torch.inference_mode()`.
     """
-    global _plugin
-    previous, _plugin = _plugin, plugin
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            gen = torch.Generator().manual_seed(0)
-            x = (torch.randn([2, 8, 5, 5], generator=gen) * 3).to(device)
-            b = torch.randn([8], generator=gen).to(device)
-            dy = torch.randn([2, 8, 5, 5], generator=gen).to(device)
-            for act in activation_funcs:
-                for clamp in [None, 2.5]:
-                    results = []
-                    for use_plugin in [False, True]:
-                        xi = x.clone().requires_grad_(True)
-                        if use_plugin:
-                            y = _bias_act_cuda(dim=1, act=act, alpha=None, gain=None, clamp=clamp).apply(xi, b)
-                        else:
-                            y = _bias_act_ref(x=xi, b=b, dim=1, act=act, alpha=None, gain=None, clamp=clamp)
-                        (dx,) = torch.autograd.grad(y, xi, dy)
-                        results.append((y.detach(), dx))
-                    for name, ref, out in zip(["y", "dx"], results[0], results[1], strict=True):
-                        worst = float((out - ref).abs().max())
-                        if worst > 1e-4 * max(1.0, float(ref.abs().max())):
-                            return f"act={act} clamp={clamp}: max |{name} - ref| = {worst:g}"
-    finally:
-        _plugin = previous
+    with torch.inference_mode(False), torch.enable_grad():
+        gen = torch.Generator().manual_seed(0)
+        x = (torch.randn([2, 8, 5, 5], generator=gen) * 3).to(device)
+        b = torch.randn([8], generator=gen).to(device)
+        dy = torch.randn([2, 8, 5, 5], generator=gen).to(device)
+        for act in activation_funcs:
+            for clamp in [None, 2.5]:
+                results = []
+                for use_plugin in [False, True]:
+                    xi = x.clone().requires_grad_(True)
+                    if use_plugin:
+                        y = _bias_act_cuda(dim=1, act=act, alpha=None, gain=None, clamp=clamp).apply(xi, b)
+                    else:
+                        y = _bias_act_ref(x=xi, b=b, dim=1, act=act, alpha=None, gain=None, clamp=clamp)
+                    (dx,) = torch.autograd.grad(y, xi, dy)
+                    results.append((y.detach(), dx))
+                for name, ref, out in zip(["y", "dx"], results[0], results[1], strict=True):
+                    worst = float((out - ref).abs().max())
+                    if worst > 1e-4 * max(1.0, float(ref.abs().max())):
+                        return f"act={act} clamp={clamp}: max |{name} - ref| = {worst:g}"
     return None
+
+
+_plugin = custom_ops.op_plugin("bias_act", __file__, self_check=_self_check)
+_init = _plugin.available  # the name bench/ops.py calls
 
 
 # ----------------------------------------------------------------------------
@@ -141,7 +114,7 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     """
     assert isinstance(x, torch.Tensor), f"bias_act: x must be a tensor, got {type(x).__name__}"
     assert impl in ["ref", "cuda"], f"bias_act: impl must be 'ref' or 'cuda', got {impl!r}"
-    if impl == "cuda" and x.device.type == "cuda" and _init():
+    if impl == "cuda" and x.device.type == "cuda" and _plugin.available():
         # Layout changes happen outside the autograd function so the tensors it saves stay in the graph.
         x = x.contiguous(memory_format=_memory_format_of(x))
         b = b.contiguous() if b is not None else None
@@ -218,7 +191,7 @@ def _bias_act_cuda(dim=1, act="linear", alpha=None, gain=None, clamp=None):
                 b = null
             y = x
             if not is_identity or b.numel() > 0:
-                y = _plugin.bias_act(x, b, null, null, null, 0, dim, spec.cuda_idx, alpha, gain, clamp)
+                y = _plugin.module.bias_act(x, b, null, null, null, 0, dim, spec.cuda_idx, alpha, gain, clamp)
             ctx.save_for_backward(
                 x if needs_x else null,
                 b if needs_x else null,
@@ -244,7 +217,7 @@ def _bias_act_cuda(dim=1, act="linear", alpha=None, gain=None, clamp=None):
         def forward(ctx, dy, x, b, y):
             null = dy.new_empty([0])
             ctx.memory_format = _memory_format_of(dy)
-            dx = _plugin.bias_act(dy, b, x, y, null, 1, dim, spec.cuda_idx, alpha, gain, clamp)
+            dx = _plugin.module.bias_act(dy, b, x, y, null, 1, dim, spec.cuda_idx, alpha, gain, clamp)
             ctx.save_for_backward(dy if spec.has_2nd_grad else null, x, b, y)
             return dx
 
@@ -258,7 +231,7 @@ def _bias_act_cuda(dim=1, act="linear", alpha=None, gain=None, clamp=None):
             # The grad=2 kernel returns the full derivative with respect to x (including the path through y),
             # so y itself receives no gradient.
             if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-                d_x = _plugin.bias_act(d_dx, b, x, y, dy, 2, dim, spec.cuda_idx, alpha, gain, clamp)
+                d_x = _plugin.module.bias_act(d_dx, b, x, y, dy, 2, dim, spec.cuda_idx, alpha, gain, clamp)
             if spec.has_2nd_grad and ctx.needs_input_grad[2]:
                 d_b = reduce_to_bias(d_x)
             return d_dy, d_x, d_b, None

@@ -1,4 +1,4 @@
-"""2-D convolution fused with FIR up/down-sampling (foundation spec §6.5).
+"""2-D convolution fused with FIR up/down-sampling (docs/compatibility.md, "Ops").
 
 Mathematically: zero-stuff by `up` and pad, FIR-filter with `f` (gain up²), convolve with `w`, then FIR-filter and
 decimate by `down`. The implementation picks the cheapest equivalent arrangement (transposed convolution for
@@ -10,25 +10,29 @@ import torch
 
 from torch_utils import misc
 from torch_utils.ops import conv2d_gradfix, upfirdn2d
-from torch_utils.ops.upfirdn2d import _get_filter_size, _parse_padding
+from torch_utils.ops.upfirdn2d import _downsampling_margins, _parse_padding, _upsampling_margins, _with_margins
 
 
-def _get_weight_shape(w):
-    """`[out_channels, in_channels_per_group, kh, kw]` as Python ints (constants while tracing)."""
+def _weight_shape(w):
+    """`(out_channels, in_channels_per_group, kh, kw)` as Python ints; while tracing they are baked in as
+    constants, and the assertion records that the traced weight still has them."""
     with misc.suppress_tracer_warnings():
-        shape = [int(size) for size in w.shape]
-    misc.assert_shape(w, shape)
-    return shape
+        dims = tuple(int(size) for size in w.shape)
+    misc.assert_shape(w, list(dims))
+    return dims
 
 
-def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
-    """Convolution via conv2d_gradfix; `flip_weight=False` rotates the kernel by 180° (true convolution)."""
-    _out_channels, _in_channels_per_group, kh, kw = _get_weight_shape(w)
-    # A 1x1 kernel is its own rotation.
-    if not flip_weight and (kw > 1 or kh > 1):
+def _convolve(x, w, flip_weight, transpose=False, **conv_kwargs):
+    """One `conv2d_gradfix` convolution (transposed if asked); `conv_kwargs` are its stride, padding and groups.
+
+    `flip_weight=True` applies `w` as `torch.nn.functional.conv2d` does (cross-correlation); False rotates it by
+    180 degrees first (true convolution), which a 1x1 kernel does not need.
+    """
+    kh, kw = _weight_shape(w)[2:]
+    if not flip_weight and kh * kw > 1:
         w = w.flip([2, 3])
-    op = conv2d_gradfix.conv_transpose2d if transpose else conv2d_gradfix.conv2d
-    return op(x, w, stride=stride, padding=padding, groups=groups)
+    conv = conv2d_gradfix.conv_transpose2d if transpose else conv2d_gradfix.conv2d
+    return conv(x, w, **conv_kwargs)
 
 
 @misc.profiled_function
@@ -57,38 +61,31 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
     assert isinstance(up, int) and up >= 1, f"conv2d_resample: up must be an int >= 1, got {up!r}"
     assert isinstance(down, int) and down >= 1, f"conv2d_resample: down must be an int >= 1, got {down!r}"
     assert isinstance(groups, int) and groups >= 1, f"conv2d_resample: groups must be an int >= 1, got {groups!r}"
-    out_channels, in_channels_per_group, kh, kw = _get_weight_shape(w)
+    out_channels, in_channels_per_group, kh, kw = _weight_shape(w)
     misc.assert_shape(x, [None, in_channels_per_group * groups, None, None])
-    fw, fh = _get_filter_size(f)
-    px0, px1, py0, py1 = _parse_padding(padding)
 
-    # Extra padding that keeps the filter centred on the up- and down-sampled grids.
+    # Widen the padding so that the filter stays centred on the upsampled grid, then on the downsampled one.
+    adjusted = list(_parse_padding(padding))
     if up > 1:
-        px0 += (fw + up - 1) // 2
-        px1 += (fw - up) // 2
-        py0 += (fh + up - 1) // 2
-        py1 += (fh - up) // 2
+        adjusted = _with_margins(adjusted, f, _upsampling_margins, up, up)
     if down > 1:
-        px0 += (fw - down + 1) // 2
-        px1 += (fw - down) // 2
-        py0 += (fh - down + 1) // 2
-        py1 += (fh - down) // 2
-    adjusted = [px0, px1, py0, py1]
+        adjusted = _with_margins(adjusted, f, _downsampling_margins, down, down)
+    px0, px1, py0, py1 = adjusted
 
     # 1x1 kernel with downsampling: filter and decimate first, then convolve the smaller image.
     if kw == 1 and kh == 1 and (down > 1 and up == 1):
         x = upfirdn2d.upfirdn2d(x=x, f=f, down=down, padding=adjusted, flip_filter=flip_filter)
-        return _conv2d_wrapper(x=x, w=w, groups=groups, flip_weight=flip_weight)
+        return _convolve(x, w, flip_weight, groups=groups)
 
     # 1x1 kernel with upsampling: convolve the smaller image first, then upsample and filter.
     if kw == 1 and kh == 1 and (up > 1 and down == 1):
-        x = _conv2d_wrapper(x=x, w=w, groups=groups, flip_weight=flip_weight)
+        x = _convolve(x, w, flip_weight, groups=groups)
         return upfirdn2d.upfirdn2d(x=x, f=f, up=up, padding=adjusted, gain=up**2, flip_filter=flip_filter)
 
     # Downsampling only: filter, then a strided convolution does the decimation.
     if down > 1 and up == 1:
         x = upfirdn2d.upfirdn2d(x=x, f=f, padding=adjusted, flip_filter=flip_filter)
-        return _conv2d_wrapper(x=x, w=w, stride=down, groups=groups, flip_weight=flip_weight)
+        return _convolve(x, w, flip_weight, stride=down, groups=groups)
 
     # Upsampling (possibly followed by downsampling): a strided transposed convolution does the zero-stuffing.
     if up > 1:
@@ -106,9 +103,7 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
         pxt = max(min(-px0, -px1), 0)
         pyt = max(min(-py0, -py1), 0)
         # Transposed convolution = zero-stuffing + true convolution, hence the inverted flip.
-        x = _conv2d_wrapper(
-            x=x, w=w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=(not flip_weight)
-        )
+        x = _convolve(x, w, not flip_weight, transpose=True, stride=up, padding=[pyt, pxt], groups=groups)
         x = upfirdn2d.upfirdn2d(
             x=x, f=f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up**2, flip_filter=flip_filter
         )
@@ -118,13 +113,13 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
 
     # No resampling, symmetric non-negative padding: the convolution pads by itself.
     if up == 1 and down == 1 and px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
-        return _conv2d_wrapper(x=x, w=w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
+        return _convolve(x, w, flip_weight, padding=[py0, px0], groups=groups)
 
     # Remaining case (asymmetric or negative padding without resampling): the generic definition.
     x = upfirdn2d.upfirdn2d(
         x=x, f=(f if up > 1 else None), up=up, padding=adjusted, gain=up**2, flip_filter=flip_filter
     )
-    x = _conv2d_wrapper(x=x, w=w, groups=groups, flip_weight=flip_weight)
+    x = _convolve(x, w, flip_weight, groups=groups)
     if down > 1:
         x = upfirdn2d.upfirdn2d(x=x, f=f, down=down, flip_filter=flip_filter)
     return x

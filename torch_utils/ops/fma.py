@@ -1,4 +1,4 @@
-"""Fused multiply-add `a * b + c` with broadcasting (foundation spec §6.7)."""
+"""Fused multiply-add `a * b + c` with broadcasting (docs/compatibility.md, "Ops")."""
 
 import torch
 

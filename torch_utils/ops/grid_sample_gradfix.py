@@ -3,16 +3,20 @@
 The augmentation pipeline samples images through a grid that depends only on random transform parameters; the R1
 penalty then differentiates the discriminator's input gradient again, i.e. through the backward of this sampling.
 With `enabled` False this is exactly `torch.nn.functional.grid_sample`. With `enabled` True (the training loop sets
-it) a custom autograd function is used: forward = the same call; backward = PyTorch's grid-sampler backward op,
-wrapped so that it can be differentiated with respect to the upstream gradient (sampling is linear in the input,
-so that derivative is `grid_sample(incoming, grid)`, and nothing flows to the input). Differentiating the grid
-gradient (a grid that requires grad, under `create_graph=True`) is delegated to autograd of the native op. Values
-of every order equal the native function's (foundation spec §6.6).
+it), CUDA inputs take a custom autograd function: forward = the same call; backward = PyTorch's grid-sampler
+backward op, wrapped so that it can be differentiated with respect to the upstream gradient (sampling is linear in
+the input, so that derivative is `grid_sample(incoming, grid)`, and nothing flows to the input). Differentiating
+the grid gradient (a grid that requires grad, under `create_graph=True`) is delegated to autograd of the native op.
+Values of every order equal the native function's. Inputs on other devices always take the native function, like
+`conv2d_gradfix` (docs/compatibility.md, "Ops").
 """
 
 import torch
 
 enabled = False
+
+# Device types whose inputs take the custom function while `enabled` is set. Tests add "cpu" to check it there.
+_custom_op_devices = ("cuda",)
 
 # Arguments of aten::grid_sampler_2d_backward for mode='bilinear', padding_mode='zeros', align_corners=False.
 _BILINEAR = 0
@@ -22,7 +26,7 @@ _ALIGN_CORNERS = False
 
 def grid_sample(input, grid):
     """Sample `input` `[N, C, H, W]` at `grid` `[N, Ho, Wo, 2]` (x, y in [-1, 1]) -> `[N, C, Ho, Wo]`."""
-    if enabled:
+    if enabled and input.device.type in _custom_op_devices:
         return _GridSample2dForward.apply(input, grid)
     return _native_grid_sample(input, grid)
 

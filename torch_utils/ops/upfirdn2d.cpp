@@ -75,9 +75,9 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t upx, int64_t u
     p.in_w = static_cast<int>(x.size(3));
     p.out_h = static_cast<int>(out_h);
     p.out_w = static_cast<int>(out_w);
-    p.div_c = make_upfirdn2d_divisor(static_cast<uint32_t>(std::max<int64_t>(x.size(1), 1)));
-    p.div_out_h = make_upfirdn2d_divisor(static_cast<uint32_t>(out_h));
-    p.div_out_w = make_upfirdn2d_divisor(static_cast<uint32_t>(out_w));
+    p.div_c = make_fast_divisor(static_cast<uint32_t>(std::max<int64_t>(x.size(1), 1)));
+    p.div_out_h = make_fast_divisor(static_cast<uint32_t>(out_h));
+    p.div_out_w = make_fast_divisor(static_cast<uint32_t>(out_w));
     p.upx = static_cast<int>(upx);
     p.upy = static_cast<int>(upy);
     p.downx = static_cast<int>(downx);

@@ -9,15 +9,6 @@
 
 namespace {
 
-template <typename T>
-struct AccType {
-    using type = float;
-};
-template <>
-struct AccType<double> {
-    using type = double;
-};
-
 constexpr int kBlockSize = 256;
 constexpr int64_t kMaxBlocks = 65535 * 16;
 // Filters up to this many bytes (in the accumulator type) are staged in shared memory.
@@ -33,14 +24,13 @@ __device__ __forceinline__ void first_tap(int first, int up, int& tap, int& inde
 }
 
 // Replaces `rest` by rest / d and returns rest % d.
-__device__ __forceinline__ int take_remainder(int32_t& rest, const Upfirdn2dDivisor& d) {
-    const uint32_t hi = __umulhi(static_cast<uint32_t>(rest), d.multiplier);
-    const int32_t q = static_cast<int32_t>((hi + static_cast<uint32_t>(rest)) >> d.shift);
+__device__ __forceinline__ int take_remainder(int32_t& rest, const FastDivisor& d) {
+    const int32_t q = fast_div(rest, d);
     const int r = static_cast<int>(rest - q * static_cast<int32_t>(d.divisor));
     rest = q;
     return r;
 }
-__device__ __forceinline__ int take_remainder(int64_t& rest, const Upfirdn2dDivisor& d) {
+__device__ __forceinline__ int take_remainder(int64_t& rest, const FastDivisor& d) {
     const int64_t q = rest / static_cast<int64_t>(d.divisor);
     const int r = static_cast<int>(rest - q * static_cast<int64_t>(d.divisor));
     rest = q;

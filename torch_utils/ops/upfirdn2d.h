@@ -7,20 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
-// Division by a fixed divisor 1 <= d <= 2^31 as a multiply-high and a shift, exact for dividends n < 2^31:
-// q = (umulhi(n, multiplier) + n) >> shift. Set up on the host, used by the 32-bit-index kernels.
-struct Upfirdn2dDivisor {
-    uint32_t divisor;
-    uint32_t multiplier;
-    uint32_t shift;
-};
-
-inline Upfirdn2dDivisor make_upfirdn2d_divisor(uint32_t divisor) {
-    uint32_t shift = 0;
-    while ((uint64_t(1) << shift) < divisor) ++shift;
-    const uint64_t multiplier = ((uint64_t(1) << 32) * ((uint64_t(1) << shift) - divisor)) / divisor + 1;
-    return Upfirdn2dDivisor{divisor, static_cast<uint32_t>(multiplier), shift};
-}
+#include "fast_divisor.h"
 
 struct Upfirdn2dParams {
     const void* x;   // input, arbitrary strides (in elements) below
@@ -29,7 +16,7 @@ struct Upfirdn2dParams {
     int64_t x_stride_n, x_stride_c, x_stride_h, x_stride_w;
     int64_t out_numel;
     int n, c, in_h, in_w, out_h, out_w;
-    Upfirdn2dDivisor div_c, div_out_w, div_out_h;  // for splitting the output index
+    FastDivisor div_c, div_out_w, div_out_h;  // for splitting the output index
     int upx, upy, downx, downy;
     int padx0, pady0;  // the trailing paddings only determine out_w / out_h
     int fw, fh;

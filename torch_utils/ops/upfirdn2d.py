@@ -2,7 +2,7 @@
 
 Per image and channel: insert zeros to upsample, pad (or crop, for negative padding), convolve with a FIR filter
 keeping only the "valid" part, then keep every `down`-th sample. The pure-PyTorch path (`impl='ref'`) is the
-normative definition (foundation spec §6.2); the optional native CUDA plugin must agree with it up to rounding.
+normative definition (docs/compatibility.md, "Ops"); the optional native CUDA plugin must agree with it up to rounding.
 
 Native plugin contract (the CUDA sources `upfirdn2d.cpp/.cu/.h` next to this file build `upfirdn2d_plugin`):
 `plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain) -> Tensor`, where `x` is
@@ -10,68 +10,42 @@ Native plugin contract (the CUDA sources `upfirdn2d.cpp/.cu/.h` next to this fil
 `gain` multiplies the accumulated sum. The output has `x`'s dtype.
 """
 
-import os
+import functools
+from typing import NamedTuple
 
 import torch
 
-from torch_utils import misc
+from torch_utils import custom_ops, misc
 from torch_utils.ops import conv2d_gradfix
 
 # ----------------------------------------------------------------------------
 # Optional native plugin. CPU tensors never trigger a build; a failed or impossible build warns once and the
 # reference path is used for the rest of the process.
 
-_PLUGIN_NAME = "upfirdn2d_plugin"
-_PLUGIN_SOURCES = ["upfirdn2d.cpp", "upfirdn2d.cu"]
-_PLUGIN_HEADERS = ["upfirdn2d.h"]
-_PLUGIN_SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-_plugin = None
-_init_attempted = False
 
-
-def _init():
-    """Try (once per process) to obtain the native plugin; return True iff it is usable."""
-    global _plugin, _init_attempted
-    if not _init_attempted:
-        _init_attempted = True
-        from torch_utils import custom_ops
-
-        _plugin = custom_ops.load_optional_plugin(
-            op_name="upfirdn2d",
-            module_name=_PLUGIN_NAME,
-            sources=_PLUGIN_SOURCES,
-            headers=_PLUGIN_HEADERS,
-            source_dir=_PLUGIN_SOURCE_DIR,
-            self_check=_self_check,
-            extra_cuda_cflags=custom_ops.OPS_CUDA_CFLAGS,
-        )
-    return _plugin is not None
-
-
-def _self_check(plugin):
-    """Compare the freshly built plugin with the reference path on the resampling cases the networks use.
+def _self_check():
+    """Compare the installed plugin with the reference path on the resampling cases the networks use.
 
     Uses a private generator so that the global RNG streams of a training run are not touched.
     """
-    global _plugin
     gen = torch.Generator().manual_seed(0)
     x = torch.randn([2, 3, 9, 8], generator=gen).cuda()
     taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
     filters = [taps / 8, torch.outer(taps, torch.tensor([1.0, 2.0, 1.0])) / 32]
     cases = [dict(up=2, padding=[2, 1]), dict(down=2, padding=1), dict(padding=[1, 2, 0, 1], flip_filter=True, gain=3)]
-    previous, _plugin = _plugin, plugin
-    try:
-        for f in filters:
-            f = f.cuda()
-            for case in cases:
-                ref = _upfirdn2d_ref(x, f, **case)
-                out = _upfirdn2d_cuda(**case).apply(x, f)
-                worst = float((out - ref).abs().max()) if out.shape == ref.shape else float("inf")
-                if worst > 1e-5 * max(1.0, float(ref.abs().max())):
-                    return f"filter {list(f.shape)}, {case}: max |y - ref| = {worst:g}"
-    finally:
-        _plugin = previous
+    for f in filters:
+        f = f.cuda()
+        for case in cases:
+            ref = _upfirdn2d_ref(x, f, **case)
+            out = _upfirdn2d_cuda(**case).apply(x, f)
+            worst = float((out - ref).abs().max()) if out.shape == ref.shape else float("inf")
+            if worst > 1e-5 * max(1.0, float(ref.abs().max())):
+                return f"filter {list(f.shape)}, {case}: max |y - ref| = {worst:g}"
     return None
+
+
+_plugin = custom_ops.op_plugin("upfirdn2d", __file__, self_check=_self_check)
+_init = _plugin.available  # the name bench/ops.py calls
 
 
 # ----------------------------------------------------------------------------
@@ -175,7 +149,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="cu
     """
     assert isinstance(x, torch.Tensor), f"upfirdn2d: x must be a tensor, got {type(x).__name__}"
     assert impl in ["ref", "cuda"], f"upfirdn2d: impl must be 'ref' or 'cuda', got {impl!r}"
-    if impl == "cuda" and x.device.type == "cuda" and _init():
+    if impl == "cuda" and x.device.type == "cuda" and _plugin.available():
         return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
     return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
@@ -225,18 +199,62 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     return x[:, :, ::downy, ::downx]
 
 
-_upfirdn2d_cuda_cache = dict()
+class _Resampling(NamedTuple):
+    """One parsed upfirdn2d configuration, in the order of the plugin's arguments after `x` and `f`.
+
+    It also keys the cache of native autograd functions.
+    """
+
+    upx: int
+    upy: int
+    downx: int
+    downy: int
+    padx0: int
+    padx1: int
+    pady0: int
+    pady1: int
+    flip_filter: bool
+    gain: float
+
+    def run_native(self, kernels, x, f):
+        """`kernels.upfirdn2d` with a 2-D filter; a 1-D filter runs as an x pass, then a y pass, each with the
+        square root of the gain."""
+        if f.ndim == 2:
+            return kernels.upfirdn2d(x, f, *self)
+        axis_gain = float(self.gain) ** 0.5
+        along_x = self._replace(upy=1, downy=1, pady0=0, pady1=0, gain=axis_gain)
+        along_y = self._replace(upx=1, downx=1, padx0=0, padx1=0, gain=axis_gain)
+        x = kernels.upfirdn2d(x, f.unsqueeze(0), *along_x)
+        return kernels.upfirdn2d(x, f.unsqueeze(1), *along_y)
+
+    def adjoint(self, in_shape, out_shape, f):
+        """The configuration of the adjoint op (swapped factors, flipped filter), which maps a gradient shaped like
+        this op's output `out_shape` back to its input's `in_shape`."""
+        in_height, in_width = in_shape[2:]
+        out_height, out_width = out_shape[2:]
+        fw, fh = _get_filter_size(f)
+        return _Resampling(
+            upx=self.downx,
+            upy=self.downy,
+            downx=self.upx,
+            downy=self.upy,
+            padx0=fw - self.padx0 - 1,
+            padx1=in_width * self.upx - out_width * self.downx + self.padx0 - self.upx + 1,
+            pady0=fh - self.pady0 - 1,
+            pady1=in_height * self.upy - out_height * self.downy + self.pady0 - self.upy + 1,
+            flip_filter=not self.flip_filter,
+            gain=self.gain,
+        )
 
 
 def _upfirdn2d_cuda(up=1, down=1, padding=0, flip_filter=False, gain=1):
     """Autograd function (cached per configuration) running the native plugin; backward uses the adjoint op."""
-    upx, upy = _parse_scaling(up)
-    downx, downy = _parse_scaling(down)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    key = (upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, gain)
-    if key in _upfirdn2d_cuda_cache:
-        return _upfirdn2d_cuda_cache[key]
+    scaling = _parse_scaling(up) + _parse_scaling(down)
+    return _native_function(_Resampling(*scaling, *_parse_padding(padding), flip_filter, gain))
 
+
+@functools.cache
+def _native_function(resampling):
     class Upfirdn2dCuda(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, f):
@@ -244,39 +262,19 @@ def _upfirdn2d_cuda(up=1, down=1, padding=0, flip_filter=False, gain=1):
             if f is None:
                 f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
             assert isinstance(f, torch.Tensor) and f.ndim in [1, 2], "upfirdn2d: filter must be 1-D or 2-D"
-            if f.ndim == 2:
-                y = _plugin.upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, gain)
-            else:
-                # Separable: x pass then y pass, each carrying half of the gain (in the exponent).
-                axis_gain = float(gain) ** 0.5
-                y = _plugin.upfirdn2d(x, f.unsqueeze(0), upx, 1, downx, 1, padx0, padx1, 0, 0, flip_filter, axis_gain)
-                y = _plugin.upfirdn2d(y, f.unsqueeze(1), 1, upy, 1, downy, 0, 0, pady0, pady1, flip_filter, axis_gain)
             ctx.save_for_backward(f)
             ctx.x_shape = x.shape
-            return y
+            return resampling.run_native(_plugin.module, x, f)
 
         @staticmethod
         def backward(ctx, dy):
             (f,) = ctx.saved_tensors
-            _, _, in_height, in_width = ctx.x_shape
-            _, _, out_height, out_width = dy.shape
-            fw, fh = _get_filter_size(f)
-            adjoint_padding = [
-                fw - padx0 - 1,
-                in_width * upx - out_width * downx + padx0 - upx + 1,
-                fh - pady0 - 1,
-                in_height * upy - out_height * downy + pady0 - upy + 1,
-            ]
-            dx = None
-            if ctx.needs_input_grad[0]:
-                adjoint = _upfirdn2d_cuda(
-                    up=[downx, downy], down=[upx, upy], padding=adjoint_padding, flip_filter=not flip_filter, gain=gain
-                )
-                dx = adjoint.apply(dy, f)
             assert not ctx.needs_input_grad[1], "upfirdn2d: gradients with respect to the filter are not supported"
-            return dx, None
+            if not ctx.needs_input_grad[0]:
+                return None, None
+            adjoint = _native_function(resampling.adjoint(ctx.x_shape, dy.shape, f))
+            return adjoint.apply(dy, f), None
 
-    _upfirdn2d_cuda_cache[key] = Upfirdn2dCuda
     return Upfirdn2dCuda
 
 
@@ -284,37 +282,43 @@ def _upfirdn2d_cuda(up=1, down=1, padding=0, flip_filter=False, gain=1):
 # Convenience wrappers that add the padding keeping the image aligned with the filter's centre.
 
 
+def _upsampling_margins(taps, up):
+    """Padding `(before, after)` along one axis that centres a `taps`-tap filter on a grid upsampled by `up`.
+
+    With `up == 1` this is plain "same" filtering, whose margins are also `_downsampling_margins(taps, 1)`.
+    """
+    return (taps + up - 1) // 2, (taps - up) // 2
+
+
+def _downsampling_margins(taps, down):
+    """Padding `(before, after)` along one axis that centres a `taps`-tap filter on a grid decimated by `down`."""
+    return (taps - down + 1) // 2, (taps - down) // 2
+
+
+def _with_margins(padding, f, margins, factor_x, factor_y):
+    """`padding` `[px0, px1, py0, py1]` widened by `margins(taps, factor)` along x (filter width) and y (height)."""
+    fw, fh = _get_filter_size(f)
+    x0, x1 = margins(fw, factor_x)
+    y0, y1 = margins(fh, factor_y)
+    px0, px1, py0, py1 = padding
+    return [px0 + x0, px1 + x1, py0 + y0, py1 + y1]
+
+
 def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl="cuda"):
     """FIR-filter `x` `[N, C, H, W]`; with zero `padding` the output keeps the input size."""
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [padx0 + fw // 2, padx1 + (fw - 1) // 2, pady0 + fh // 2, pady1 + (fh - 1) // 2]
+    p = _with_margins(_parse_padding(padding), f, _upsampling_margins, 1, 1)
     return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
 
 
 def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl="cuda"):
     """Upsample `x` `[N, C, H, W]` by `up` and filter; `padding` is relative to the output."""
     upx, upy = _parse_scaling(up)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [
-        padx0 + (fw + upx - 1) // 2,
-        padx1 + (fw - upx) // 2,
-        pady0 + (fh + upy - 1) // 2,
-        pady1 + (fh - upy) // 2,
-    ]
+    p = _with_margins(_parse_padding(padding), f, _upsampling_margins, upx, upy)
     return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
 
 
 def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl="cuda"):
     """Filter and downsample `x` `[N, C, H, W]` by `down`; `padding` is relative to the input."""
     downx, downy = _parse_scaling(down)
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
-    fw, fh = _get_filter_size(f)
-    p = [
-        padx0 + (fw - downx + 1) // 2,
-        padx1 + (fw - downx) // 2,
-        pady0 + (fh - downy + 1) // 2,
-        pady1 + (fh - downy) // 2,
-    ]
+    p = _with_margins(_parse_padding(padding), f, _downsampling_margins, downx, downy)
     return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
