@@ -266,7 +266,7 @@ def main(argv=None):
     impls = ["ref", "plain"]
     if on_cuda:
         # impl='cuda' silently runs the reference path when a plugin is unavailable; only time real kernels.
-        if upfirdn2d._init() and bias_act._init():
+        if upfirdn2d._plugin.available() and bias_act._plugin.available():
             impls.insert(0, "cuda")
         else:
             print("CUDA plugins unavailable: timing the reference and plain paths only.")

@@ -124,9 +124,12 @@ def test_p_is_buffer_and_zero_p_is_identity():
 
 @pytest.mark.parametrize("gradfix", [False, True], ids=["native", "gradfix"])
 def test_gradcheck_bgc_float64(gradfix, monkeypatch):
-    # The training loop enables the custom-gradient paths; check both settings.
+    # The training loop enables the custom-gradient paths; check both settings. They act on CUDA tensors only,
+    # so let them act on the CPU here to exercise them.
     monkeypatch.setattr(grid_sample_gradfix, "enabled", gradfix)
     monkeypatch.setattr(conv2d_gradfix, "enabled", gradfix)
+    monkeypatch.setattr(grid_sample_gradfix, "_custom_op_devices", ("cuda", "cpu"))
+    monkeypatch.setattr(conv2d_gradfix, "_custom_op_devices", ("cuda", "cpu"))
     pipe = augment.AugmentPipe(**augment.AUGPIPE_SPECS["bgc"])
     pipe.p.fill_(0.6)
     images = torch.rand([1, 3, 8, 8], dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2 - 1

@@ -90,7 +90,6 @@ def _self_check(device="cuda"):
 
 
 _plugin = custom_ops.op_plugin("bias_act", __file__, self_check=_self_check)
-_init = _plugin.available  # the name bench/ops.py calls
 
 
 # ----------------------------------------------------------------------------

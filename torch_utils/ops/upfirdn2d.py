@@ -45,7 +45,6 @@ def _self_check():
 
 
 _plugin = custom_ops.op_plugin("upfirdn2d", __file__, self_check=_self_check)
-_init = _plugin.available  # the name bench/ops.py calls
 
 
 # ----------------------------------------------------------------------------
