@@ -17,7 +17,8 @@ from training import launcher, pickles, training_loop
 from training.config import TrainOptions, UserError, setup_training_loop_kwargs
 from training.dataset import DatasetError
 
-__all__ = ["main", "setup_training_loop_kwargs", "UserError"]  # The last two for scripts written for the reference.
+# setup_training_loop_kwargs and UserError: the reference's entry point, for users' scripts and bench/train_speed.py.
+__all__ = ["main", "setup_training_loop_kwargs", "UserError"]
 
 
 @contextlib.contextmanager

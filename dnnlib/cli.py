@@ -42,7 +42,7 @@ def options_from_dataclass(cls: type) -> typing.Callable:
 
     def click_type(field):
         annotation = hints[field.name]
-        if isinstance(annotation, types.UnionType):
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
             (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         if annotation in (int, float, bool, str):
             return annotation
@@ -64,7 +64,7 @@ def options_from_dataclass(cls: type) -> typing.Callable:
         flags += ["--" + field.name.replace("_", "-"), field.name]
         show = spec.pop("show_default", False)
         if show is not False:
-            spec["help"] += f" [default: {shown_default(field, show)}]"
+            spec["help"] = f"{spec.get('help', '')} [default: {shown_default(field, show)}]"
         choices = spec.pop("choices", None)
         if not spec.get("is_flag", False):
             spec["type"] = click_type(field) if choices is None else click.Choice(choices)

@@ -199,7 +199,8 @@ def _check_types(options: TrainOptions) -> None:
         raise TypeError(f"TrainOptions: given names no option: {', '.join(unknown)}")
     for name, annotation in _annotations().items():
         value = getattr(options, name)
-        accepted = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        accepted = typing.get_args(annotation) if union else (annotation,)
         if value is None and type(None) in accepted:
             continue
         expected = next(arg for arg in accepted if arg is not type(None))
