@@ -1,6 +1,7 @@
-"""train.py: option building (spec training.md §5), errors, --help, --dry-run, run-directory naming, and one tiny
-end-to-end CPU run whose every output file is checked (spec §6)."""
+"""train.py: option building (docs/compatibility.md, "Training options"), errors, --help, --dry-run, run-directory
+naming, and one tiny end-to-end CPU run whose every output file is checked (docs/compatibility.md, "Training loop")."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -12,12 +13,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from click.testing import CliRunner
 from conftest import REPO_ROOT
 
 import dnnlib
 import legacy
 import train
-from training import training_loop
+from training import config, launcher, training_loop
 
 # A tiny but complete configuration: 16x16 data, narrow networks, one iteration of 4 images per tick 0.
 TINY_OPTIONS = ["--cbase=256", "--cmax=32", "--map=2", "--batch=4", "--workers=1", "--metrics=none", "--fp32=1"]
@@ -51,7 +53,7 @@ def data16(tmp_path_factory):
 # Options.
 
 
-def test_spec_description_and_key_order(tmp_path):
+def test_run_description_and_key_order(tmp_path):
     data = write_image_folder(tmp_path / "mydata", count=4, resolution=32, labels=[0, 1, 0, 1])
     desc, args = train.setup_training_loop_kwargs(
         data=data,
@@ -90,7 +92,7 @@ def test_spec_description_and_key_order(tmp_path):
     assert (args.total_kimg, args.batch_size, args.batch_gpu, args.ema_kimg) == (10, 8, 8, 20)
     assert isinstance(args.total_kimg, int) and args.ema_rampup is None and args.ada_kimg == 100
     assert args.ada_target == 0.7 and args.loss_kwargs.r1_gamma == 0.5
-    assert args.resume_pkl == train.RESUME_SPECS["ffhq256"]
+    assert args.resume_pkl == config.RESUME_SPECS["ffhq256"]
     assert args.augment_kwargs.class_name == "training.augment.AugmentPipe"
     assert args.G_opt_kwargs == {"class_name": "torch.optim.Adam", "lr": 0.0025, "betas": [0, 0.99], "eps": 1e-8}
 
@@ -266,7 +268,7 @@ def test_dry_run_and_run_directory_naming(tmp_path, data16):
         assert line in lines
     assert lines[-1] == "Dry run; exiting."
     assert sorted(os.listdir(outdir)) == ["00007-foo", "12bar", "99file"]
-    assert train._next_run_dir(str(tmp_path / "none-yet"), "x").endswith("00000-x")
+    assert launcher.next_run_dir(str(tmp_path / "none-yet"), "x").endswith("00000-x")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -300,7 +302,7 @@ def test_end_to_end_cpu_run(tmp_path, data16):
         "network-snapshot-000000.016.pkl", "reals.png", "stats.jsonl", "training_options.json",
     ]  # fmt: skip
 
-    # training_options.json: the args of §5.2 plus kimg_per_tick (from --tick) and run_dir; no trailing newline.
+    # training_options.json: the loop kwargs plus kimg_per_tick (from --tick) and run_dir; no trailing newline.
     text = (run_dir / "training_options.json").read_text()
     assert not text.endswith("\n") and text.startswith('{\n  "num_gpus": 1,\n')
     options = json.loads(text)
@@ -438,6 +440,190 @@ def _usage_error(**kwargs):
     with pytest.raises(train.UserError) as info:
         train.setup_training_loop_kwargs(metrics=[], **kwargs)
     return info, str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The command line: options declared once (training.config.TrainOptions), output unchanged.
+
+
+@pytest.fixture(scope="module")
+def option_data(tmp_path_factory):
+    """<root>/data16 (16 RGB images, 16x16), <root>/labelled (8 images with class labels), a custom.pkl and a file."""
+    root = tmp_path_factory.mktemp("optdata")
+    write_image_folder(root / "data16", count=16, resolution=16)
+    write_image_folder(root / "labelled", count=8, resolution=16, labels=[0, 1, 2, 0, 1, 2, 0, 1])
+    (root / "custom.pkl").write_bytes(b"not read by a dry run")
+    (root / "afile").write_text("not a directory")
+    return root
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """The machine as the reference outputs below were recorded on: no CUDA device, no torchrun."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def invoke_train(args: list[str]):
+    return CliRunner().invoke(train.main, args, prog_name="train.py", terminal_width=78)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The complete dry-run stdout (CPU note, options JSON, summary, "Dry run; exiting.") as train.py printed it before
+# its options were declared in training.config, for these option sets; the first 16 hex digits of its SHA-256, with
+# the data folder written as <DATA> and --outdir as <OUT>. The run description names the dataset (data16 or
+# labelled). These outputs are a compatibility contract: a mismatch prints the output to compare with
+# docs/compatibility.md, "Training options".
+DRY_RUN_DIGESTS = [
+    ([], "data16-auto1", "5c855b0220ff4d57"),
+    (["--cfg=cifar"], "data16-cifar", "d0a43da77c434286"),
+    (["--aug=fixed", "--p=0.2"], "data16-auto1-fixed-p0.2", "9428e0b95533bbd3"),
+    (["--resume=ffhq256"], "data16-auto1-resumeffhq256", "8109bbaf9bffc45c"),
+    (["--resume=<DATA>/custom.pkl"], "data16-auto1-resumecustom", "2b30af0ef17f3336"),
+    (["--resume=noresume"], "data16-auto1-noresume", "29e5817c86b05dd1"),
+    (["--subset=5"], "data16-subset5-auto1", "e7ce60d3df54035b"),
+    (["--mirror=1"], "data16-mirror-auto1", "b8656354dac2fb6b"),
+    (["--cond=1"], "labelled-cond-auto1", "7722d233b65189d9"),
+    (["--batch=8", "--batch-gpu=2"], "data16-auto1-batch8", "efbd63a62beebec1"),
+    (["--tick=0.5"], "data16-auto1", "030601b264231c6a"),
+    (["--kimg=0.5"], "data16-auto1-kimg0.5", "70dfaa60ee05ea69"),
+    (["--kimg=3"], "data16-auto1-kimg3", "41da57aef167e637"),
+    (["--gamma=2.5"], "data16-auto1-gamma2.5", "9a2f837f37fb383c"),
+    (["--freezed=3"], "data16-auto1-freezed3", "d566168e96518def"),
+    (["--fp32=1", "--nhwc=1", "--nobench=1", "--allow-tf32=1", "--workers=2"], "data16-auto1", "d56837cb29104305"),
+    (["--metrics=fid50k_full,kid50k_full"], "data16-auto1", "b0632e38af13b3e5"),
+    (["--gpus=2", "--seed=7", "--snap=3"], "data16-auto2", "fac8f56089aba024"),
+    (["--aug=noaug"], "data16-auto1-noaug", "4c5fe66272171566"),
+    (["--aug=ada", "--target=0.7", "--augpipe=bgcfnc"], "data16-auto1-ada-target0.7-bgcfnc", "4b359fdca7724d45"),
+    (["--cbase=1024", "--cmax=64", "--map=3"], "data16-auto1", "31aa6c218667a516"),
+    (["--cfg=stylegan2", "--gpus=4"], "data16-stylegan2", "d622d02c318faacc"),
+    (
+        ["--cond=1", "--subset=5", "--mirror=yes", "--cfg=paper256", "--gamma=0.5", "--kimg=10", "--batch=8",
+         "--aug=ada", "--target=0.7", "--augpipe=bgcfnc", "--resume=ffhq256", "--freezed=2", "--cbase=512",
+         "--tick=1.5", "--batch-gpu=4", "--workers=1", "--seed=3", "--gpus=2"],
+        "labelled-cond-subset5-mirror-paper256-gamma0.5-kimg10-batch8-ada-target0.7-bgcfnc-resumeffhq256-freezed2",
+        "cb052857ec600068",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args, desc, digest", DRY_RUN_DIGESTS, ids=[" ".join(case[0]) for case in DRY_RUN_DIGESTS])
+def test_dry_run_output_is_unchanged(option_data, tmp_path, no_cuda, args, desc, digest):
+    outdir = tmp_path / "runs"
+    data = option_data / desc.split("-")[0]
+    args = [arg.replace("<DATA>", str(option_data)) for arg in args]
+    result = invoke_train([f"--outdir={outdir}", f"--data={data}", "--dry-run", *args])
+    assert result.exit_code == 0, result.output
+    stdout = result.stdout.replace(str(option_data), "<DATA>").replace(str(outdir), "<OUT>")
+    assert f"Output directory:   <OUT>/00000-{desc}" in stdout.splitlines()
+    assert _digest(stdout) == digest, stdout
+    assert not outdir.exists()
+
+
+def test_help_is_unchanged():
+    """The whole --help text, 78 columns wide as on an 80-column terminal, as before the options were generated."""
+    result = invoke_train(["--help"])
+    assert result.exit_code == 0
+    assert _digest(result.stdout) == "6c24398463736d49", result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpus=3", "--snap=0", "--kimg=0"], "--gpus must be a power of two"),  # The first check in order wins.
+        (["--subset=99", "--gamma=-1"], "--subset must be between 1 and 16"),
+        (["--aug=fixed", "--p=2", "--augpipe=bgc", "--freezed=-1"], "--p must be between 0 and 1"),
+        (["--freezed=-1", "--workers=0", "--cbase=0"], "--freezed must be non-negative"),
+        (["--batch=16", "--batch-gpu=3"], "--batch-gpu must be at least 1 and divide --batch/--gpus (16)"),
+        (["--tick=0"], "--tick must be positive"),
+        (["--cfg=bad"], "Invalid value for '--cfg': 'bad' is not one of 'auto', 'stylegan2', 'paper256', "
+                        "'paper512', 'paper1024', 'cifar'."),
+        (["--gpus=abc"], "Invalid value for '--gpus': 'abc' is not a valid integer."),
+        (["--cond=maybe"], "Invalid value for '--cond': 'maybe' is not a valid boolean."),
+        (["--gamma=x"], "Invalid value for '--gamma': 'x' is not a valid float."),
+        (["--outdir=<DATA>/afile"], "--outdir <DATA>/afile exists and is not a directory"),
+        (["--resume=/no/such.pkl"], "--resume: no such file: /no/such.pkl"),
+    ],
+)  # fmt: skip
+def test_command_line_errors_are_unchanged(option_data, tmp_path, no_cuda, args, message):
+    args = [arg.replace("<DATA>", str(option_data)) for arg in args]
+    result = invoke_train([f"--outdir={tmp_path}", f"--data={option_data / 'data16'}", "-n", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.replace(str(option_data), "<DATA>").splitlines()
+    assert lines[:3] == ["Usage: train.py [OPTIONS]", "Try 'train.py --help' for help.", ""]
+    assert lines[3].startswith(f"Error: {message}") and len(lines) == 4, lines
+
+
+def test_missing_options_and_torchrun_mismatch(option_data, tmp_path, no_cuda, monkeypatch):
+    result = invoke_train([f"--outdir={tmp_path}", "-n"])
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1] == "Error: Missing option '--data'."
+    result = invoke_train([f"--data={option_data / 'data16'}"])
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1] == "Error: Missing option '--outdir'."
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    result = invoke_train([f"--outdir={tmp_path}", f"--data={option_data / 'data16'}", "-n", "--gpus=4"])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert result.stderr.splitlines()[-1] == "Error: --gpus=4 does not match torchrun's world size 2; leave --gpus out"
+
+
+def test_click_options_are_the_fields_of_train_options():
+    """One declaration per option: the click parameters of train.py are TrainOptions' option fields, in order."""
+    assert [param.name for param in train.main.params] == list(config.OPTION_NAMES)
+    assert config.OPTION_NAMES[:6] == ("outdir", "gpus", "snap", "metrics", "seed", "dry_run")
+    assert "given" not in config.OPTION_NAMES
+
+
+def test_given_options_come_from_click(option_data, monkeypatch):
+    """Which options were given is what click parsed, not which values differ from None or from the default."""
+    launched = []
+    monkeypatch.setattr(launcher, "launch", launched.append)
+    data = str(option_data / "data16")
+    result = invoke_train(["--outdir=o", f"--data={data}", "--aug=ada", "--gpus=1", "--metrics=", "-n"])
+    assert result.exit_code == 0, result.output
+    (options,) = launched
+    assert options.given == {"outdir", "data", "aug", "gpus", "metrics", "dry_run"}
+    assert (options.aug, options.gpus, options.metrics, options.dry_run) == ("ada", 1, [], True)
+    assert (options.cfg, options.workers, options.target, options.resume) == ("auto", 3, 0.6, "noresume")
+    assert not options.is_given("cfg") and options.is_given("aug")
+    # --aug=ada names the run; leaving --aug out (the same mode) does not.
+    assert config.build_training_config(options)[0] == "data16-auto1-ada"
+    assert config.build_training_config(config.TrainOptions(data=data))[0] == "data16-auto1"
+
+
+def test_cpu_defaults_only_for_options_not_given():
+    options, notes = config.cpu_defaults(config.TrainOptions(data="d"))
+    assert (options.fp32, options.metrics) == (True, [])
+    assert notes == ["--fp32 defaults to true", "--metrics defaults to none"]
+    given = config.TrainOptions.from_given(dict(data="d", fp32=False, metrics=["kid50k"]))
+    options, notes = config.cpu_defaults(given)
+    assert (options.fp32, options.metrics, notes, options.given) == (False, ["kid50k"], [], given.given)
+
+
+def test_programming_errors_are_type_errors(option_data):
+    data = str(option_data / "data16")
+    with pytest.raises(TypeError, match="gamma must be float, not '1'"):
+        config.TrainOptions(data=data, gamma="1")
+    with pytest.raises(TypeError, match="cond must be bool, not 1"):
+        train.setup_training_loop_kwargs(data=data, cond=1)
+    with pytest.raises(TypeError, match="gpus must be int, not True"):
+        train.setup_training_loop_kwargs(data=data, gpus=True)
+    with pytest.raises(TypeError, match="metrics must be list"):
+        train.setup_training_loop_kwargs(data=data, metrics="fid50k_full")
+    with pytest.raises(TypeError, match="unexpected keyword arguments: bogus"):
+        train.setup_training_loop_kwargs(data=data, bogus=1)
+    with pytest.raises(TypeError, match="data .* is required"):
+        train.setup_training_loop_kwargs(gpus=1)
+    with pytest.raises(TypeError, match="given names no option: gama"):
+        config.TrainOptions(data=data, given=frozenset({"gama"}))
+    with pytest.raises(KeyError, match="gama"):
+        config.TrainOptions(data=data).is_given("gama")
+    # A float option takes an int, as from a script (stored as given).
+    assert train.setup_training_loop_kwargs(data=data, kimg=3, gamma=1)[1].total_kimg == 3
 
 
 # ----------------------------------------------------------------------------------------------------------------------
