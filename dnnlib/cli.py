@@ -7,14 +7,13 @@ training/ and metrics/ and imports neither.
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterator
-
-import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 
 import click
 
