@@ -1,7 +1,8 @@
 """Starting the processes of a multi-process job on one machine and joining them into a torch.distributed group.
 
-Used by training/launcher.py and calc_metrics.py: one process per GPU (NCCL), or per CPU worker (gloo), with a file-based
-rendezvous in a temporary directory, as the reference does. torchrun jobs (env:// rendezvous) are set up by training/launcher.py.
+Used by training/launcher.py and calc_metrics.py: one process per GPU (NCCL), or per CPU worker (gloo), with a
+file-based rendezvous in a temporary directory, as the reference does. torchrun jobs (env:// rendezvous) are set up
+by training/launcher.py.
 """
 
 import contextlib
