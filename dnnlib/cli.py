@@ -47,6 +47,16 @@ def noise_mode_option():
     )
 
 
+def trust_pickle_option():
+    """`--trust-pickle` -> parameter `trust_pickle` (a flag): let a network pickle run the code it carries."""
+    return click.option(
+        "--trust-pickle",
+        is_flag=True,
+        help="Run the code embedded in the network pickle (only for files you trust) "
+        "[default: rebuild the networks from this project's classes]",
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Output paths, checked before any long work starts
 

@@ -142,7 +142,7 @@ def _check_network_dict(f, data):
         raise _not_a_network_pickle(f, f"augment_pipe is a {kind}, not a torch.nn.Module or None")
 
 
-def load_network_pkl(f, force_fp16=False):
+def load_network_pkl(f, force_fp16=False, allow_code=False):
     """Load a network pickle from the open binary file `f`.
 
     Returns a dict with (at least) `G`, `D`, `G_ema` (`torch.nn.Module`), `training_set_kwargs` (dict or None) and
@@ -172,7 +172,7 @@ def load_network_pkl(f, force_fp16=False):
     return data
 
 
-def load_network_from(url: str, force_fp16: bool = False, verbose: bool = True) -> dict:
+def load_network_from(url: str, force_fp16: bool = False, verbose: bool = True, allow_code: bool = False) -> dict:
     """`load_network_pkl` of a local path, `file://` URL or http(s) URL (downloaded and cached by `open_url`).
 
     Raises `NetworkPickleReadError` when the file or URL cannot be read and `UnsupportedPickleError` when it is not
@@ -181,7 +181,7 @@ def load_network_from(url: str, force_fp16: bool = False, verbose: bool = True) 
     try:
         with dnnlib.util.open_url(url, verbose=verbose) as f:
             try:
-                return load_network_pkl(f, force_fp16=force_fp16)
+                return load_network_pkl(f, force_fp16=force_fp16, allow_code=allow_code)
             except UnsupportedPickleError as exc:
                 if getattr(f, "name", None) is not None:
                     raise  # The message already names the file.
