@@ -29,10 +29,12 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 import dnnlib  # noqa: E402
-import train  # noqa: E402
 from dnnlib.atomic import atomic_write_bytes  # noqa: E402
 from torch_utils import training_stats  # noqa: E402
-from training import training_loop  # noqa: E402
+from training import (
+    config,  # noqa: E402
+    training_loop,  # noqa: E402
+)
 from training.dataset import Dataset  # noqa: E402
 
 SYNTHETIC_POOL = 16  # Distinct random images; item i shows image i mod SYNTHETIC_POOL.
@@ -76,7 +78,7 @@ def build_options(cfg: str, res: int, device: torch.device, workers: int, **over
     """train.py's options for `cfg` at resolution `res` (probing a one-image folder), with synthetic data."""
     with tempfile.TemporaryDirectory() as probe_dir:
         PIL.Image.fromarray(np.zeros([res, res, 3], dtype=np.uint8)).save(os.path.join(probe_dir, "probe.png"))
-        _desc, args = train.setup_training_loop_kwargs(
+        _desc, args = config.setup_training_loop_kwargs(
             data=probe_dir, cfg=cfg, metrics=[], workers=workers, **overrides
         )
     args.training_set_kwargs = dnnlib.EasyDict(
@@ -225,7 +227,7 @@ def main(
     for cfg, res in pairs:
         try:
             options = build_options(cfg, res, device, workers, fp32=fp32, aug=aug, **overrides)
-        except train.UserError as err:
+        except config.UserError as err:
             raise click.UsageError(f"cfg {cfg}, res {res}: {err}") from err
         fields = measure(options, iters=iters, warmup=warmup, gen_batch=gen_batch, gen_iters=gen_iters)
         fp16 = options.G_kwargs.synthesis_kwargs.num_fp16_res > 0
