@@ -31,10 +31,7 @@ if REPO_ROOT not in sys.path:
 import dnnlib  # noqa: E402
 from dnnlib.atomic import atomic_write_bytes  # noqa: E402
 from torch_utils import training_stats  # noqa: E402
-from training import (
-    config,  # noqa: E402
-    training_loop,  # noqa: E402
-)
+from training import config, training_loop  # noqa: E402
 from training.dataset import Dataset  # noqa: E402
 
 SYNTHETIC_POOL = 16  # Distinct random images; item i shows image i mod SYNTHETIC_POOL.
