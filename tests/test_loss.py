@@ -38,7 +38,8 @@ _DRAW_KIND = {
     "Tensor.random_": "integer",
     "torch.randint": "integer",
 }
-# Generator-consuming operations absent from every log: calling one during a phase is a spec violation.
+# Generator-consuming operations absent from every log: calling one during a phase breaks the draw contract
+# (docs/compatibility.md, "Loss").
 _FORBIDDEN_TORCH = ("randint_like", "randperm", "bernoulli", "multinomial", "normal", "poisson")
 _FORBIDDEN_TENSOR = ("uniform_", "normal_", "bernoulli_", "exponential_", "geometric_", "cauchy_", "log_normal_")
 

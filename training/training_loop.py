@@ -430,7 +430,7 @@ DEFAULTS = dnnlib.EasyDict(
     abort_fn=None,  # Callable returning True to stop after the current tick; must agree across ranks.
     progress_fn=None,  # Callable (cur_kimg: int, total_kimg), called at the start and after every tick.
     device=None,  # torch device of this process; None: cuda:<rank> when CUDA is available, else the CPU.
-    metrics_kwargs={},  # Extra kwargs for metric_main.calc_metric (e.g. a cache folder).
+    metrics_kwargs={},  # Extra kwargs for metric_main.calc_metric (MetricOptions: G_kwargs, progress, cache).
 )
 
 
