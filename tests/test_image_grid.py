@@ -1,5 +1,5 @@
 """training/image_grid.py: grid size, the choice of grid items with and without labels, and the PNG pixel mapping
-(spec training.md §4.8)."""
+(docs/compatibility.md, "Training loop")."""
 
 import os
 
@@ -36,8 +36,8 @@ class FakeDataset:
         return dnnlib.EasyDict(raw_idx=idx, xflip=False, raw_label=np.array(self.raw_labels[idx]).copy())
 
 
-def spec_labelled_choice(raw_labels, cols: int, rows: int) -> list[int]:
-    """§4.8 written out step by step, independently of the module."""
+def documented_labelled_choice(raw_labels, cols: int, rows: int) -> list[int]:
+    """The labelled-grid rule of docs/compatibility.md, "Training loop", written out independently of the module."""
     rnd = np.random.RandomState(0)
     groups = {}
     for idx, raw in enumerate(raw_labels):
@@ -86,7 +86,7 @@ def test_int_labels_one_group_per_row_with_rotation():
     (cols, rows), images, labels = image_grid.select_grid_items(dataset)
     assert (cols, rows) == (15, 8)
     chosen = images[:, 0, 0, 0].tolist()
-    assert chosen == spec_labelled_choice(raw, cols, rows)
+    assert chosen == documented_labelled_choice(raw, cols, rows)
     # Row y holds class y mod 3 only, and the labels are the items' own.
     for y in range(rows):
         assert set(raw[chosen[y * cols : (y + 1) * cols]].tolist()) == {y % 3}
@@ -100,7 +100,7 @@ def test_vector_labels_are_keyed_on_reversed_elements():
     (cols, rows), images, _labels = image_grid.select_grid_items(dataset)
     assert (cols, rows) == (7, 4)
     chosen = images[:, 0, 0, 0].tolist()
-    assert chosen == spec_labelled_choice(raw, cols, rows)
+    assert chosen == documented_labelled_choice(raw, cols, rows)
     assert set(chosen[:cols]) == {1, 3, 4} and set(chosen[cols : 2 * cols]) == {0, 2}
 
 

@@ -38,7 +38,8 @@ _DRAW_KIND = {
     "Tensor.random_": "integer",
     "torch.randint": "integer",
 }
-# Generator-consuming operations absent from every log: calling one during a phase is a spec violation.
+# Generator-consuming operations absent from every log: calling one during a phase breaks the draw contract
+# (docs/compatibility.md, "Loss").
 _FORBIDDEN_TORCH = ("randint_like", "randperm", "bernoulli", "multinomial", "normal", "poisson")
 _FORBIDDEN_TENSOR = ("uniform_", "normal_", "bernoulli_", "exponential_", "geometric_", "cauchy_", "log_normal_")
 
@@ -318,13 +319,23 @@ class _StubSynthesis(torch.nn.Module):
         return (ws.sum(dim=[1, 2]) * self.scale).reshape(-1, 1, 1, 1).expand(-1, 1, 2, 2)
 
 
-def _stub_loss(**kwargs):
+class _StubDiscriminator(torch.nn.Module):
+    """Logits [N, 1]: a small multiple of each image's mean pixel (labels ignored), so softplus does not saturate."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones([]))
+
+    def forward(self, img, c):
+        return (img.mean(dim=[1, 2, 3]) * self.scale * 0.01).unsqueeze(1)
+
+
+def _stub_loss(D=None, **kwargs):
     from training import loss
 
     mapping = _StubMapping(num_ws=4, w_dim=3)
-    return loss.StyleGAN2Loss(
-        device="cpu", G_mapping=mapping, G_synthesis=_StubSynthesis(), D=torch.nn.Identity(), **kwargs
-    )
+    D = torch.nn.Identity() if D is None else D
+    return loss.StyleGAN2Loss(device="cpu", G_mapping=mapping, G_synthesis=_StubSynthesis(), D=D, **kwargs)
 
 
 def _synthetic_draws(cutoff, u, z2):
@@ -344,7 +355,7 @@ def test_run_G_style_mixing(u, expect_mixed):
     z2 = np.full([2, 3], 100.0, np.float32)
     replayer = DrawReplayer(_synthetic_draws(cutoff=1, u=u, z2=z2))
     with replayer.active():
-        img, ws = loss_obj.run_G(z, torch.zeros([2, 0]), sync=True)
+        img, ws = loss_obj.run_G(z, torch.zeros([2, 0]))
     assert replayer.position == 3, "cutoff, u and the second latent must always be drawn"
     assert loss_obj.G_mapping.calls == [False, True], "second mapping call must skip the w_avg update"
     expected = torch.arange(4, dtype=torch.float32).reshape(1, 4, 1).expand(2, 4, 3).clone()
@@ -357,7 +368,7 @@ def test_run_G_style_mixing(u, expect_mixed):
 def test_run_G_without_style_mixing_draws_nothing():
     loss_obj = _stub_loss(style_mixing_prob=0)
     with DrawReplayer([]).active():
-        _img, ws = loss_obj.run_G(torch.zeros([2, 3]), torch.zeros([2, 0]), sync=True)
+        _img, ws = loss_obj.run_G(torch.zeros([2, 3]), torch.zeros([2, 0]))
     assert loss_obj.G_mapping.calls == [False]
     assert ws.shape == (2, 4, 3)
 
@@ -369,6 +380,26 @@ def test_disabled_regularisers_do_nothing(phase, kwargs):
         loss_obj.accumulate_gradients(phase, torch.zeros([2, 1, 2, 2]), None, torch.zeros([2, 3]), None, True, 1)
     assert loss_obj.G_synthesis.scale.grad is None
     assert float(loss_obj.pl_mean) == 0
+
+
+@pytest.mark.parametrize("phase", ["Gmain", "Dmain", "Dreg", "Dboth"])
+def test_sync_is_accepted_and_ignored(phase, monkeypatch):
+    """Scripts written for the reference pass `sync`; it changes nothing, and no DDP-sync context is entered."""
+    from torch_utils import misc
+
+    def no_ddp_sync(*args, **kwargs):
+        raise AssertionError("the loss must not enter misc.ddp_sync: nothing is wrapped in DDP")
+
+    monkeypatch.setattr(misc, "ddp_sync", no_ddp_sync)
+    gradients = []
+    for sync in (True, False):
+        loss_obj = _stub_loss(D=_StubDiscriminator())
+        module = loss_obj.G_synthesis if phase.startswith("G") else loss_obj.D
+        torch.manual_seed(0)
+        real_img = torch.randn([2, 1, 2, 2])
+        loss_obj.accumulate_gradients(phase, real_img, None, torch.randn([2, 3]), torch.zeros([2, 0]), sync, 1)
+        gradients.append(module.scale.grad.clone())
+    assert torch.equal(gradients[0], gradients[1]) and float(gradients[0]) != 0
 
 
 def test_unknown_phase_is_rejected():

@@ -1,5 +1,5 @@
-"""train.py --metrics: every network snapshot is evaluated (spec training.md §4.5 step 5, §6.8; metrics_and_tools.md
-§3.4), the result lines reach log.txt and metric-<name>.jsonl, and evaluating metrics leaves the run unchanged.
+"""train.py --metrics: every network snapshot is evaluated (docs/compatibility.md, "Training loop" and "Metrics"),
+the result lines reach log.txt and metric-<name>.jsonl, and evaluating metrics leaves the run unchanged.
 
 Two tiny CPU runs of two ticks each (one iteration of 4 images per tick, a snapshot every tick) with the same seed:
 one with --metrics=kid50k_full (stand-in detectors, 64 generated images, see metrics_helpers.py), one with
@@ -103,7 +103,7 @@ def test_every_snapshot_is_evaluated_and_reported(runs):
         printed.append(log_lines[i + 2])
     assert not any("features" in line for line in log_lines), "evaluation during training is silent"
 
-    # metric-kid50k_full.jsonl: the same lines, one per snapshot, keys in the order of spec §6.8.
+    # metric-kid50k_full.jsonl: the same lines, one per snapshot, keys in the order of docs/compatibility.md, "Metrics".
     jsonl_lines = read_text(run_dir, f"metric-{METRIC}.jsonl").splitlines()
     assert jsonl_lines == printed
     records = [json.loads(line) for line in jsonl_lines]

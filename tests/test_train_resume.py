@@ -4,6 +4,7 @@ a pickle without a resume_state lends only its weights and the run counts from k
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,46 @@ def stats_lines(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f.read().splitlines() if line.endswith("}")]
 
 
+# log.txt of the uninterrupted run, line for line: the module summary tables (their rows name layers) stand as
+# <table>, the timings and resources of the tick lines as <timings>. TensorBoard may or may not be installed.
+EXPECTED_LOG = [
+    "Loading training set...", "", "Num images:  16", "Image shape: [3, 16, 16]", "Label shape: [0]", "",
+    "Constructing networks...", "", "<table>", "", "", "<table>", "", "Setting up augmentation...",
+    "Distributing across 1 processes...", "Setting up training phases...", "Exporting sample images...",
+    "Initializing logs...", "Training for 0.052 kimg...", "",
+    "tick 0     kimg 0.0      <timings> augment 0.000", "tick 1     kimg 0.0      <timings> augment 0.000",
+    "tick 2     kimg 0.0      <timings> augment 0.000", "tick 3     kimg 0.1      <timings> augment 0.000",
+    "", "Exiting...",
+]  # fmt: skip
+TICK_TIMINGS = (
+    r"time \S+( \S+)?\s* sec/tick [0-9. ]{7} sec/kimg [0-9. ]{7} maintenance [0-9. ]{6} cpumem [0-9. ]{6} "
+    r"gpumem 0\.00  "
+)
+
+
+def masked_log(run_dir: str) -> list[str]:
+    with open(os.path.join(run_dir, "log.txt")) as f:
+        text = f.read()
+    text = re.sub(r"^(Generator|Discriminator) .*?^Total [^\n]*", "<table>", text, flags=re.S | re.M)
+    lines = [line for line in text.splitlines() if not line.startswith("Skipping tfevents export: ")]
+    return [re.sub(TICK_TIMINGS, "<timings>", line) if line.startswith("tick ") else line for line in lines]
+
+
+def assert_same_files(actual_dir: str, expected_dir: str, names: list[str]):
+    """PNG files byte for byte; snapshots tensor for tensor (pickles embed class sources, not worth comparing)."""
+    for name in names:
+        if name.endswith(".png"):
+            with open(os.path.join(actual_dir, name), "rb") as a, open(os.path.join(expected_dir, name), "rb") as e:
+                assert a.read() == e.read(), f"{name} differs"
+        else:
+            actual = load_snapshot(os.path.join(actual_dir, name))
+            expected = load_snapshot(os.path.join(expected_dir, name))
+            assert list(actual) == list(expected), name
+            for key in ["G", "D", "G_ema", "augment_pipe"]:
+                assert_same_tensors(actual[key].state_dict(), expected[key].state_dict(), f"{name} {key}")
+            assert_same_tensors(actual["resume_state"], expected["resume_state"], f"{name} resume_state")
+
+
 def load_snapshot(path: str) -> dict:
     with open(path, "rb") as f:
         return pickle.load(f)
@@ -88,6 +129,7 @@ def data16(tmp_path_factory):
 
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
     uninterrupted = run_to_end(tmp_path / "a", data16)
+    assert masked_log(uninterrupted) == EXPECTED_LOG
 
     # The same run, killed with SIGKILL early in tick 2 (after tick 1's snapshot and statistics were written).
     os.makedirs(tmp_path / "b")
@@ -113,6 +155,9 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
     assert len(stats_lines(killed)) == 2, "the kill came too late: tick 2 had already finished"
     assert not [name for name in os.listdir(killed) if name.endswith(".tmp")], "a torn temporary file was left"
     assert os.path.isfile(os.path.join(killed, snapshot_name(4))), "tick 0's snapshot must not be overwritten"
+    # Up to the kill, the same command wrote the same files, bit for bit.
+    before_kill = ["reals.png", "fakes_init.png", "fakes000000.004.png", "fakes000000.020.png"]
+    assert_same_files(killed, uninterrupted, before_kill + [snapshot_name(4), snapshot_name(20)])
     resume_from = load_snapshot(os.path.join(killed, snapshot_name(20)))
     assert (resume_from["resume_state"]["cur_nimg"], resume_from["resume_state"]["cur_tick"]) == (20, 2)
 
@@ -127,6 +172,8 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, data16):
     assert [entry["Progress/tick"]["mean"] for entry in stats_lines(uninterrupted)] == [0, 1, 2, 3]
     for name in ["reals.png", "fakes_init.png", "fakes000000.036.png", "fakes000000.052.png"]:
         assert os.path.exists(os.path.join(resumed, name)), name
+    # The images of the continued ticks are those of the uninterrupted run (fakes_init shows the resumed G_ema).
+    assert_same_files(resumed, uninterrupted, ["reals.png", "fakes000000.036.png", "fakes000000.052.png"])
 
     expected = load_snapshot(os.path.join(uninterrupted, snapshot_name(52)))
     actual = load_snapshot(os.path.join(resumed, snapshot_name(52)))

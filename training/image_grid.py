@@ -1,4 +1,7 @@
-"""The image grids of a training run: `reals.png`, `fakes_init.png`, `fakes<NNNNNN>.png` (spec: training.md §4.8)."""
+"""The image grids of a training run: `reals.png`, `fakes_init.png`, `fakes<NNNNNN>.png`.
+
+Which items a grid shows, its size and its pixels are fixed by docs/compatibility.md, "Training loop".
+"""
 
 import io
 

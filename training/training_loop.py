@@ -1,60 +1,30 @@
-"""One process's share of a StyleGAN2-ADA training run (spec: training.md §4).
+"""One process's share of a StyleGAN2-ADA training run (docs/compatibility.md, "Training loop").
 
-`training_loop(**options)` keeps the reference's keyword interface; the work is done by `TrainingRun`, whose
-methods follow the life of a run: set-up, iterations (phases Gmain/Greg/Dmain/Dreg, G_ema, ADA), and the
-end-of-tick bookkeeping (status line, image grid, snapshot, metrics, statistics).
-
-Beyond the reference, every network snapshot also holds a `resume_state` record (optimiser states, counters,
-pl_mean, the ADA statistics not yet used, and every rank's RNG states), so that `--resume` from one of our
-snapshots continues the run exactly; a reference or foreign pickle only lends its weights, as in the reference.
+`training_loop(**options)` keeps the reference's keyword interface (DEFAULTS). `TrainingRun` holds one process's
+state: `setup()` builds it in a fixed order, `iteration()` advances it (phases Gmain/Greg/Dmain/Dreg, G_ema, ADA)
+and `end_of_tick()` does the per-tick bookkeeping. Resuming and snapshots live in training/resume.py, the console
+lines, statistics files and image grids in training/reporting.py.
 """
 
 import copy
 import dataclasses
-import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 import dnnlib
-from dnnlib.atomic import atomic_pickle
 from torch_utils import misc, training_stats
 from torch_utils.launch import default_device
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
-from training import pickles
-from training.image_grid import save_image_grid, select_grid_items
+from training import reporting, resume
 
-RESUME_STATE_VERSION = 1
-ADA_STAT = "Loss/signs/real"
+ResumeError = resume.ResumeError  # The name train.py catches.
+
+ADA_STAT = "Loss/signs/real"  # The statistic ADA steers: the sign of D's output on real images.
 # Replacement values for non-finite gradients before the optimiser step (the reference's choice).
 GRAD_NAN, GRAD_POSINF, GRAD_NEGINF = 0.0, 1e5, -1e5
-# Options that must match for an exact continuation from a snapshot's resume_state: the data order, the network
-# and optimiser structure (the optimiser states only fit the same parameters, --freezed included, and would bring
-# back their learning rates and betas). Snapshots of older versions recorded only the first five; the others are
-# compared when present.
-EXACT_RESUME_KEYS = (
-    "training_set_kwargs",
-    "batch_size",
-    "batch_gpu",
-    "num_gpus",
-    "random_seed",
-    "G_kwargs",
-    "D_kwargs",
-    "G_opt_kwargs",
-    "D_opt_kwargs",
-    "G_reg_interval",
-    "D_reg_interval",
-)
-# Schedules that train.py resets for transfer learning whenever --resume is given (ema_rampup=None, ada_kimg=100);
-# an exact continuation takes them from the snapshot's run instead.
-CONTINUED_SCHEDULE_KEYS = ("ema_rampup", "ada_kimg")
-
-
-class ResumeError(ValueError):
-    """The --resume pickle does not fit the networks of this run."""
 
 
 def sync_gradients(params: list[torch.nn.Parameter], num_gpus: int) -> None:
@@ -82,121 +52,68 @@ def _count_nonfinite_grads(params: list[torch.nn.Parameter], device: torch.devic
     return torch.stack(flags).sum() if flags else torch.zeros([], dtype=torch.int64, device=device)
 
 
-def _cpu_mem_gb() -> float:
-    """Resident memory of this process in GiB (from /proc on Linux; peak resident memory elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state())
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _restore_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _recorded_options(options: dict) -> dict:
-    """The EXACT_RESUME_KEYS options as plain JSON values (no EasyDict, lists for tuples), as a snapshot keeps them."""
-    return json.loads(json.dumps({key: options[key] for key in EXACT_RESUME_KEYS}))
-
-
-def _to_cpu(obj):
-    """Nested containers with every tensor copied to the CPU (optimiser states may live on the GPU)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {key: _to_cpu(value) for key, value in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(value) for value in obj)
-    return obj
-
-
-class _SkipSampler(torch.utils.data.Sampler):
-    """An infinite sampler with its first `skip` indices dropped, to carry on a run's data order after resume."""
-
-    def __init__(self, sampler, skip: int):
-        super().__init__()
-        self.sampler = sampler
-        self.skip = skip
-
-    def __iter__(self):
-        indices = iter(self.sampler)
-        for _ in range(self.skip):
-            next(indices)
-        yield from indices
-
-
-class _PhaseTimer:
-    """Time of the latest execution of one phase: CUDA events on a GPU, a perf counter on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.marks: list = []
-
-    def mark(self):
-        if len(self.marks) == 2:
-            self.marks = []
-        if self.device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record(torch.cuda.current_stream(self.device))
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def elapsed_ms(self):
-        """Milliseconds of the latest completed execution, or [] (an empty report) if it never ran."""
-        if len(self.marks) != 2:
-            return []
-        start, end = self.marks
-        if self.device.type == "cuda":
-            end.synchronize()
-            return start.elapsed_time(end)
-        return (end - start) * 1e3
-
-
-class _LiveProgress:
-    """A self-overwriting line with the progress inside the current tick, only when the console is a terminal."""
-
-    def __init__(self, enabled: bool):
-        self.stream = sys.__stdout__
-        self.enabled = enabled and self.stream is not None and self.stream.isatty()
-        self.shown_at = 0.0
-        self.visible = False
-
-    def show(self, text: str):
-        if self.enabled and time.time() - self.shown_at >= 1.0:
-            self.shown_at = time.time()
-            self.stream.write("\r" + text + "\033[K")
-            self.stream.flush()
-            self.visible = True
-
-    def clear(self):
-        if self.visible:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.visible = False
-
-
 @dataclasses.dataclass
 class _Phase:
+    """One training phase: the network it optimises, how often it runs, and its bookkeeping for the tick."""
+
     name: str  # Gmain, Greg, Gboth, Dmain, Dreg or Dboth.
-    module: torch.nn.Module
-    opt: torch.optim.Optimizer
-    interval: int
-    timer: _PhaseTimer | None
+    module: torch.nn.Module  # G or D (all its parameters train in this phase).
+    opt: torch.optim.Optimizer  # Shared by a network's main and reg phases.
+    interval: int  # Runs when batch_idx % interval == 0; also the loss gain.
+    timer: reporting.PhaseTimer | None  # Rank 0 only.
     nonfinite: torch.Tensor  # Count of gradients with NaN/Inf since the last tick (device tensor).
+
+    def run(self, loss, rounds, num_gpus: int) -> None:
+        """Accumulate the gradients of every round (real_img, real_c, gen_z, gen_c), average them over the
+        processes, make them finite and take one optimiser step."""
+        if self.timer is not None:
+            self.timer.mark()
+        self.opt.zero_grad(set_to_none=True)
+        self.module.requires_grad_(True)
+        # `sync` stays in the loss interface for losses written for the reference; nothing is wrapped in DDP: the
+        # gradients are averaged over processes after the rounds (sync_gradients).
+        for real_img, real_c, gen_z, gen_c in rounds:
+            loss.accumulate_gradients(
+                phase=self.name,
+                real_img=real_img,
+                real_c=real_c,
+                gen_z=gen_z,
+                gen_c=gen_c,
+                sync=True,
+                gain=self.interval,
+            )
+        self.module.requires_grad_(False)
+        with torch.autograd.profiler.record_function(self.name + "_opt"):
+            params = [param for param in self.module.parameters() if param.grad is not None]
+            self.nonfinite += _count_nonfinite_grads(params, self.nonfinite.device)
+            sync_gradients(params, num_gpus)
+            self.opt.step()
+        if self.timer is not None:
+            self.timer.mark()
+
+
+def _configure_torch(o: dnnlib.EasyDict) -> None:
+    """Seed this process's global generators and set the backend switches the options ask for."""
+    seed = o.random_seed * o.num_gpus + o.rank
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = o.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = o.allow_tf32
+    torch.backends.cudnn.allow_tf32 = o.allow_tf32
+    conv2d_gradfix.enabled = True  # Cheaper double backward for R1 and path-length regularisation.
+    grid_sample_gradfix.enabled = True
+
+
+def _phase_schedule(prefix: str, opt_kwargs: dict, reg_interval: int | None) -> tuple[dnnlib.EasyDict, list]:
+    """The optimiser kwargs of network `prefix` (G or D) and its phases as (name, interval in iterations)."""
+    opt_kwargs = dnnlib.EasyDict(opt_kwargs)
+    if reg_interval is None:
+        return opt_kwargs, [(prefix + "both", 1)]
+    # Lazy regularisation: rescale the optimiser so that main + reg steps match one combined step.
+    mb_ratio = reg_interval / (reg_interval + 1)
+    opt_kwargs.lr = opt_kwargs.lr * mb_ratio
+    opt_kwargs.betas = [beta**mb_ratio for beta in opt_kwargs.betas]
+    return opt_kwargs, [(prefix + "main", 1), (prefix + "reg", reg_interval)]
 
 
 class TrainingRun:
@@ -204,177 +121,104 @@ class TrainingRun:
 
     def __init__(self, options: dnnlib.EasyDict):
         self.o = options
-        self.rank = options.rank
-        self.num_gpus = options.num_gpus
-        self.device = options.device
+        self.rank, self.num_gpus, self.device = options.rank, options.num_gpus, options.device
         self.is_main = self.rank == 0
-        self.start_time = time.time()
-        self.cur_nimg = 0
-        self.cur_tick = 0
-        self.batch_idx = 0
-        self.metric_values: dict = {}
+        self.clock = reporting.TickClock()
+        # Progress: images shown, ticks and iterations done; an exact continuation starts from the snapshot's.
+        self.cur_nimg = self.cur_tick = self.batch_idx = 0
+        self.tick_start_nimg = 0
+        self.metric_values: dict = {}  # Latest value of every metric, for TFEvents.
 
     def log(self, *args, **kwargs):
         if self.is_main:
             print(*args, **kwargs)
 
+    def _path(self, name: str) -> str:
+        return os.path.join(self.o.run_dir, name)
+
+    def _kimg_in_names(self) -> str:
+        return reporting.kimg_in_names(self.cur_nimg, self.o.kimg_per_tick)
+
     # --- set-up --------------------------------------------------------------------------------------------------
 
     def setup(self):
-        o = self.o
-        np.random.seed(o.random_seed * self.num_gpus + self.rank)
-        torch.manual_seed(o.random_seed * self.num_gpus + self.rank)
-        torch.backends.cudnn.benchmark = o.cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = o.allow_tf32
-        torch.backends.cudnn.allow_tf32 = o.allow_tf32
-        conv2d_gradfix.enabled = True  # Cheaper double backward for R1 and path-length regularisation.
-        grid_sample_gradfix.enabled = True
-
-        self.resume_data, self.resume_state = self._load_resume_source()
-        self._setup_data()
-        self._setup_networks()
-        self._setup_augmentation()
+        """Build the run state. The order is part of the contract: it fixes the random draws and the log lines."""
+        _configure_torch(self.o)
+        self.resume_source = resume.load(self.o, self.log)  # Decides the steps below.
+        self.training_set, self.batches = self._setup_data()
+        self.G, self.D, self.G_ema = self._setup_networks()
+        self.augment_pipe, self.ada_stats = self._setup_augmentation()
         self._broadcast_from_rank0()
-        self._setup_phases()
-        self._setup_grid()
-        self._setup_logs()
-        self._restore_progress()
-
-    def _load_resume_source(self):
-        if self.o.resume_pkl is None:
-            return None, None
-        # Rank 0 fetches first, so that a URL is downloaded once and the other ranks read the cached copy.
-        if self.num_gpus > 1 and not self.is_main:
-            torch.distributed.barrier()
-        # Loaded before the networks are built (its resume_state decides the set-up), so keep the draws that
-        # converting a TF-era pickle makes from shifting the networks' initialisation.
-        with dnnlib.util.open_url(self.o.resume_pkl) as f, torch.random.fork_rng(devices=[]):
-            data = pickles.load_network_pkl(f)
-        if self.num_gpus > 1 and self.is_main:
-            torch.distributed.barrier()
-        state = data.get("resume_state")
-        if state is not None and not self._can_continue_exactly(state):
-            state = None
-        if state is not None:
-            for key, value in state.get("schedule", {}).items():
-                if self.o[key] != value:
-                    self.log(f"Continuing the earlier run's schedule: {key} = {value} (instead of {self.o[key]}).")
-                    self.o[key] = value
-        return data, state
-
-    def _can_continue_exactly(self, state: dict) -> bool:
-        if state.get("version") != RESUME_STATE_VERSION:
-            reason = f"its resume_state has version {state.get('version')}, this code writes {RESUME_STATE_VERSION}"
-        else:
-            saved = state["training_options"]
-            current = _recorded_options(self.o)
-            differing = [key for key in EXACT_RESUME_KEYS if key in saved and saved[key] != current[key]]
-            if not differing:
-                return True
-            reason = "these options differ from the snapshot's run: " + ", ".join(differing)
-        if self.is_main:
-            print(
-                f"Warning: cannot continue the earlier run exactly ({reason}); taking only its network weights "
-                "and counting from kimg 0.",
-                file=sys.stderr,
-            )
-        return False
+        self.loss, self.optimizers, self.phases = self._setup_phases()
+        self.grid = self._setup_grid()  # reals.png, fakes_init.png (rank 0; None elsewhere).
+        self.stats_log = self._setup_logs()  # stats.jsonl, TFEvents.
+        counters = self.resume_source.restore(self.optimizers, self.loss.pl_mean, self.o, self.log)
+        if counters is not None:
+            self.cur_nimg, self.cur_tick, self.batch_idx = counters
+        self.tick_start_nimg = self.cur_nimg
+        self.clock.start_tick()
 
     def _setup_data(self):
         o = self.o
         self.log("Loading training set...")
-        self.training_set = dnnlib.util.construct_class_by_name(**o.training_set_kwargs)
+        training_set = dnnlib.util.construct_class_by_name(**o.training_set_kwargs)
+        per_rank_batch = o.batch_size // self.num_gpus
         sampler = misc.InfiniteSampler(
-            dataset=self.training_set, rank=self.rank, num_replicas=self.num_gpus, seed=o.random_seed
+            dataset=training_set, rank=self.rank, num_replicas=self.num_gpus, seed=o.random_seed
         )
-        if self.resume_state is not None:
-            sampler = _SkipSampler(sampler, skip=self.resume_state["batch_idx"] * (o.batch_size // self.num_gpus))
+        sampler = self.resume_source.sampler(sampler, per_rank_batch)
         loader_kwargs = dict(o.data_loader_kwargs)
         if self.device.type != "cuda":
             loader_kwargs["pin_memory"] = False
         if loader_kwargs.get("num_workers", 0) == 0:
             loader_kwargs.pop("prefetch_factor", None)
         loader = torch.utils.data.DataLoader(
-            dataset=self.training_set, sampler=sampler, batch_size=o.batch_size // self.num_gpus, **loader_kwargs
+            dataset=training_set, sampler=sampler, batch_size=per_rank_batch, **loader_kwargs
         )
         # Creating the iterator draws the loader's base seed from the CPU generator; keep the reference's order.
-        self.batches = iter(loader)
+        batches = iter(loader)
         self.log()
-        self.log("Num images: ", len(self.training_set))
-        self.log("Image shape:", self.training_set.image_shape)
-        self.log("Label shape:", self.training_set.label_shape)
+        self.log("Num images: ", len(training_set))
+        self.log("Image shape:", training_set.image_shape)
+        self.log("Label shape:", training_set.label_shape)
         self.log()
+        return training_set, batches
 
     def _setup_networks(self):
         o = self.o
         self.log("Constructing networks...")
-        dataset_kwargs = dict(
+        shape = dict(
             c_dim=self.training_set.label_dim,
             img_resolution=self.training_set.resolution,
             img_channels=self.training_set.num_channels,
         )
-
-        def build(kwargs):
-            net = dnnlib.util.construct_class_by_name(**kwargs, **dataset_kwargs)
-            return net.train().requires_grad_(False).to(self.device)
-
-        self.G = build(o.G_kwargs)
-        self.D = build(o.D_kwargs)
-        self.G_ema = copy.deepcopy(self.G).eval()
-
-        if self.resume_data is not None and self.is_main:
-            self.log(f'Resuming from "{o.resume_pkl}"')
-            self._copy_resume_weights()
-
+        G, D = [
+            dnnlib.util.construct_class_by_name(**kwargs, **shape).train().requires_grad_(False).to(self.device)
+            for kwargs in (o.G_kwargs, o.D_kwargs)
+        ]
+        G_ema = copy.deepcopy(G).eval()
         if self.is_main:
-            z = torch.zeros([o.batch_gpu, self.G.z_dim], device=self.device)
-            c = torch.zeros([o.batch_gpu, self.G.c_dim], device=self.device)
-            img = misc.print_module_summary(self.G, [z, c])
-            misc.print_module_summary(self.D, [img, c])
-            if self.resume_state is not None:
-                self._copy_resume_weights()  # The summary pass moved w_avg; an exact continuation needs it back.
-
-    def _copy_resume_weights(self):
-        for name, net in [("G", self.G), ("D", self.D), ("G_ema", self.G_ema)]:
-            source = self.resume_data[name]
-            if not isinstance(source, torch.nn.Module):
-                raise ResumeError(f"--resume {self.o.resume_pkl}: '{name}' is a {type(source).__name__}, not a network")
-            # copy_() would broadcast some mismatched shapes silently and fail cryptically on others.
-            source_shapes = {key: tuple(t.shape) for key, t in misc.named_params_and_buffers(source)}
-            targets = list(misc.named_params_and_buffers(net))
-            for key, tensor in targets:
-                if key in source_shapes and source_shapes[key] != tuple(tensor.shape):
-                    raise ResumeError(
-                        f"--resume {self.o.resume_pkl}: {name}.{key} has shape {list(source_shapes[key])} in the "
-                        f"pickle but {list(tensor.shape)} in this run; the network options (--cfg, --cbase, --cmax, "
-                        "--map) or the dataset's labels/channels differ from the pickle's"
-                    )
-            misc.copy_params_and_buffers(source, net, require_all=False)
-            missing = [key for key, _ in targets if key not in source_shapes]
-            if missing and self.resume_state is None:
-                self.log(
-                    f"  {name}: {len(targets) - len(missing)} of {len(targets)} tensors taken from the pickle; the "
-                    f"others (e.g. {missing[0]}) keep their initial values."
-                )
+            networks = dict(G=G, D=D, G_ema=G_ema)
+            self.resume_source.copy_weights(networks, self.log)
+            z = torch.zeros([o.batch_gpu, G.z_dim], device=self.device)
+            c = torch.zeros([o.batch_gpu, G.c_dim], device=self.device)
+            img = misc.print_module_summary(G, [z, c])
+            misc.print_module_summary(D, [img, c])
+            self.resume_source.copy_weights_again(networks)
+        return G, D, G_ema
 
     def _setup_augmentation(self):
         o = self.o
         self.log("Setting up augmentation...")
-        self.augment_pipe = None
-        self.ada_stats = None
         if o.augment_kwargs is None or not (o.augment_p > 0 or o.ada_target is not None):
-            return
+            return None, None
         pipe = dnnlib.util.construct_class_by_name(**o.augment_kwargs).train().requires_grad_(False).to(self.device)
         pipe.p.copy_(torch.as_tensor(o.augment_p))
-        # ADA continues from the strength it had reached; a fixed strength (--aug=fixed --p) is what was asked.
-        if o.ada_target is not None and self.resume_state is not None:
-            if self.resume_data.get("augment_pipe") is not None:
-                pipe.p.copy_(self.resume_data["augment_pipe"].p)
-        self.augment_pipe = pipe
+        ada_stats = None
         if o.ada_target is not None:
-            self.ada_stats = training_stats.Collector(regex=ADA_STAT)
-            if self.resume_state is not None and self.resume_state.get("ada_pending") is not None:
-                self.ada_stats.add_pending(ADA_STAT, self.resume_state["ada_pending"])
+            ada_stats = training_stats.Collector(regex=ADA_STAT)
+            self.resume_source.continue_ada(pipe, ada_stats, ADA_STAT)
+        return pipe, ada_stats
 
     def _broadcast_from_rank0(self):
         unit = "GPUs" if self.device.type == "cuda" else "processes"
@@ -389,96 +233,30 @@ class TrainingRun:
     def _setup_phases(self):
         o = self.o
         self.log("Setting up training phases...")
-        self.loss = dnnlib.util.construct_class_by_name(
-            device=self.device,
-            G_mapping=self.G.mapping,
-            G_synthesis=self.G.synthesis,
-            D=self.D,
-            augment_pipe=self.augment_pipe,
-            **o.loss_kwargs,
-        )
-        self.phases: list[_Phase] = []
-        self.optimizers = {}
-        for prefix, net, opt_kwargs, reg_interval in [
-            ("G", self.G, o.G_opt_kwargs, o.G_reg_interval),
-            ("D", self.D, o.D_opt_kwargs, o.D_reg_interval),
-        ]:
-            opt_kwargs = dnnlib.EasyDict(opt_kwargs)
-            if reg_interval is None:
-                schedule = [(prefix + "both", 1)]
-            else:
-                # Lazy regularisation: rescale the optimiser so that main + reg steps match one combined step.
-                mb_ratio = reg_interval / (reg_interval + 1)
-                opt_kwargs.lr = opt_kwargs.lr * mb_ratio
-                opt_kwargs.betas = [beta**mb_ratio for beta in opt_kwargs.betas]
-                schedule = [(prefix + "main", 1), (prefix + "reg", reg_interval)]
-            opt = dnnlib.util.construct_class_by_name(net.parameters(), **opt_kwargs)
-            self.optimizers[prefix] = opt
+        modules = dict(G_mapping=self.G.mapping, G_synthesis=self.G.synthesis, D=self.D, augment_pipe=self.augment_pipe)
+        loss = dnnlib.util.construct_class_by_name(device=self.device, **modules, **o.loss_kwargs)
+        optimizers, phases = {}, []
+        for prefix, net in [("G", self.G), ("D", self.D)]:
+            opt_kwargs, schedule = _phase_schedule(prefix, o[prefix + "_opt_kwargs"], o[prefix + "_reg_interval"])
+            optimizers[prefix] = opt = dnnlib.util.construct_class_by_name(net.parameters(), **opt_kwargs)
             for name, interval in schedule:
-                timer = _PhaseTimer(self.device) if self.is_main else None
-                zero = torch.zeros([], dtype=torch.int64, device=self.device)
-                self.phases.append(_Phase(name, net, opt, interval, timer, zero))
+                timer = reporting.PhaseTimer(self.device) if self.is_main else None
+                nonfinite = torch.zeros([], dtype=torch.int64, device=self.device)
+                phases.append(_Phase(name, net, opt, interval, timer, nonfinite))
+        return loss, optimizers, phases
 
-    def _setup_grid(self):
-        self.grid_shape = self.grid_z = self.grid_c = None
+    def _setup_grid(self) -> reporting.SampleGrid | None:
         if not self.is_main:
-            return
+            return None
         self.log("Exporting sample images...")
-        self.grid_shape, images, labels = select_grid_items(self.training_set)
-        self.grid_z = torch.randn([labels.shape[0], self.G.z_dim], device=self.device).split(self.o.batch_gpu)
-        self.grid_c = torch.from_numpy(labels).to(self.device).split(self.o.batch_gpu)
-        save_image_grid(images, self._path("reals.png"), (0, 255), self.grid_shape)
-        save_image_grid(self._render_grid(), self._path("fakes_init.png"), (-1, 1), self.grid_shape)
+        return reporting.SampleGrid(self.training_set, self.G_ema, self.o.batch_gpu, self.device, self.o.run_dir)
 
-    def _setup_logs(self):
+    def _setup_logs(self) -> reporting.StatsLog:
         self.log("Initializing logs...")
-        self.stats = training_stats.Collector(regex=".*")
-        self.stats_jsonl = None
-        self.tensorboard = None
-        if self.is_main:
-            self.stats_jsonl = open(self._path("stats.jsonl"), "w")
-            try:
-                import torch.utils.tensorboard as tensorboard
-
-                self.tensorboard = tensorboard.SummaryWriter(self.o.run_dir)
-            except ImportError as err:
-                print("Skipping tfevents export:", err)
+        stats_log = reporting.StatsLog(self.o.run_dir, self.is_main, self.clock.start_time)
         self.log(f"Training for {self.o.total_kimg} kimg...")
         self.log()
-
-    def _restore_progress(self):
-        state = self.resume_state
-        if state is not None:
-            self.cur_nimg = state["cur_nimg"]
-            self.cur_tick = state["cur_tick"]
-            self.batch_idx = state["batch_idx"]
-            for key, opt in self.optimizers.items():
-                opt.load_state_dict(state["optimizers"][key])
-            self.loss.pl_mean.copy_(torch.as_tensor(state["pl_mean"][self.rank]))
-            _restore_rng_state(state["rng"][self.rank], self.device)
-            self.log(f"Continuing the earlier run at kimg {self.cur_nimg / 1e3:g}, tick {self.cur_tick}.")
-            self.log()
-        self.tick_start_nimg = self.cur_nimg
-        self.tick_start_time = time.time()
-        self.maintenance_time = self.tick_start_time - self.start_time
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.o.run_dir, name)
-
-    def _kimg_in_names(self) -> str:
-        """The progress in snapshot and image file names: whole kimg (NNNNNN) as in the reference, and with the
-        images within the kimg as decimals (NNNNNN.nnn) when ticks are shorter than a kimg, which would otherwise
-        give several snapshots the same name."""
-        whole = f"{self.cur_nimg // 1000:06d}"
-        return f"{whole}.{self.cur_nimg % 1000:03d}" if self.o.kimg_per_tick < 1 else whole
-
-    def _render_grid(self) -> np.ndarray:
-        """G_ema on the fixed grid latents, constant noise: float32 [N, C, H, W] on the CPU."""
-        with torch.no_grad():
-            parts = [
-                self.G_ema(z=z, c=c, noise_mode="const").cpu() for z, c in zip(self.grid_z, self.grid_c, strict=True)
-            ]
-        return torch.cat(parts).numpy()
+        return stats_log
 
     # --- one iteration -------------------------------------------------------------------------------------------
 
@@ -494,32 +272,6 @@ class TrainingRun:
         gen_c = misc.sample_labels(self.training_set, num_phases * o.batch_size, self.device)
         gen_c = [block.split(o.batch_gpu) for block in gen_c.split(o.batch_size)]
         return real_img, real_c, gen_z, gen_c
-
-    def _run_phase(self, phase: _Phase, real_img, real_c, gen_z, gen_c):
-        o = self.o
-        if phase.timer is not None:
-            phase.timer.mark()
-        phase.opt.zero_grad(set_to_none=True)
-        phase.module.requires_grad_(True)
-        rounds = o.batch_size // (o.batch_gpu * self.num_gpus)
-        for index, chunk in enumerate(zip(real_img, real_c, gen_z, gen_c, strict=False)):
-            self.loss.accumulate_gradients(
-                phase=phase.name,
-                real_img=chunk[0],
-                real_c=chunk[1],
-                gen_z=chunk[2],
-                gen_c=chunk[3],
-                sync=(index == rounds - 1),
-                gain=phase.interval,
-            )
-        phase.module.requires_grad_(False)
-        with torch.autograd.profiler.record_function(phase.name + "_opt"):
-            params = [param for param in phase.module.parameters() if param.grad is not None]
-            phase.nonfinite += _count_nonfinite_grads(params, self.device)
-            sync_gradients(params, self.num_gpus)
-            phase.opt.step()
-        if phase.timer is not None:
-            phase.timer.mark()
 
     def _update_ema(self):
         o = self.o
@@ -544,7 +296,7 @@ class TrainingRun:
             real_img, real_c, gen_z, gen_c = self._draw_inputs()
         for phase, phase_z, phase_c in zip(self.phases, gen_z, gen_c, strict=True):
             if self.batch_idx % phase.interval == 0:
-                self._run_phase(phase, real_img, real_c, phase_z, phase_c)
+                phase.run(self.loss, zip(real_img, real_c, phase_z, phase_c, strict=False), self.num_gpus)
         with torch.autograd.profiler.record_function("Gema"):
             self._update_ema()
         self.cur_nimg += self.o.batch_size
@@ -553,31 +305,6 @@ class TrainingRun:
             self._adjust_augment_p()
 
     # --- end of tick ---------------------------------------------------------------------------------------------
-
-    def _status_line(self, tick_end_time: float) -> str:
-        report = training_stats.report0
-        total_sec = tick_end_time - self.start_time
-        tick_sec = tick_end_time - self.tick_start_time
-        sec_per_kimg = tick_sec / (self.cur_nimg - self.tick_start_nimg) * 1e3
-        peak_gpu_gb = 0.0
-        if self.device.type == "cuda":
-            peak_gpu_gb = torch.cuda.max_memory_allocated(self.device) / 2**30
-            torch.cuda.reset_peak_memory_stats(self.device)
-        augment_p = float(self.augment_pipe.p.cpu()) if self.augment_pipe is not None else 0
-        fields = [
-            f"tick {report('Progress/tick', self.cur_tick):<5d}",
-            f"kimg {report('Progress/kimg', self.cur_nimg / 1e3):<8.1f}",
-            f"time {dnnlib.util.format_time(report('Timing/total_sec', total_sec)):<12s}",
-            f"sec/tick {report('Timing/sec_per_tick', tick_sec):<7.1f}",
-            f"sec/kimg {report('Timing/sec_per_kimg', sec_per_kimg):<7.2f}",
-            f"maintenance {report('Timing/maintenance_sec', self.maintenance_time):<6.1f}",
-            f"cpumem {report('Resources/cpu_mem_gb', _cpu_mem_gb()):<6.2f}",
-            f"gpumem {report('Resources/peak_gpu_mem_gb', peak_gpu_gb):<6.2f}",
-            f"augment {report('Progress/augment', augment_p):.3f}",
-        ]
-        report("Timing/total_hours", total_sec / (60 * 60))
-        report("Timing/total_days", total_sec / (24 * 60 * 60))
-        return " ".join(fields)
 
     def _check_finite(self):
         """Warn about replaced non-finite gradients; stop before a non-finite G can reach G_ema or a snapshot."""
@@ -597,112 +324,45 @@ class TrainingRun:
                 f"written before this tick in {self.o.run_dir} are intact."
             )
 
-    def _resume_record(self) -> dict:
-        """What an exact continuation needs beyond the networks (collective: every rank must call it)."""
-        pending = None
-        if self.ada_stats is not None:
-            pending = self.ada_stats.pending(ADA_STAT).tolist()
-        return dict(
-            version=RESUME_STATE_VERSION,
-            cur_nimg=self.cur_nimg,
-            cur_tick=self.cur_tick + 1,
-            batch_idx=self.batch_idx,
-            optimizers={key: _to_cpu(opt.state_dict()) for key, opt in self.optimizers.items()},
-            pl_mean=misc.gather_from_ranks(float(self.loss.pl_mean.cpu()), self.num_gpus),
-            ada_pending=pending,
-            rng=misc.gather_from_ranks(_rng_state(self.device), self.num_gpus),
-            # Plain JSON values (no EasyDict), so that any code base can unpickle the snapshot.
-            training_options=_recorded_options(self.o),
-            schedule={key: self.o[key] for key in CONTINUED_SCHEDULE_KEYS},
-        )
-
     def _write_snapshot(self) -> tuple[str, dict]:
-        """Pickle G, D, G_ema and the augment pipe (CPU copies, eval mode) plus our resume record."""
-        snapshot = dict(training_set_kwargs=dict(self.o.training_set_kwargs))
-        for name, net in [("G", self.G), ("D", self.D), ("G_ema", self.G_ema), ("augment_pipe", self.augment_pipe)]:
-            if net is not None:
-                if self.num_gpus > 1:
-                    misc.check_ddp_consistency(net, ignore_regex=r".*\.w_avg")
-                net = copy.deepcopy(net).eval().requires_grad_(False).cpu()
-            snapshot[name] = net
-        record = self._resume_record()
+        """network-snapshot-<kimg>.pkl: the reference's dict plus our resume_state (collective: every rank)."""
+        modules = dict(G=self.G, D=self.D, G_ema=self.G_ema, augment_pipe=self.augment_pipe)
+        snapshot = resume.snapshot_networks(modules, self.o)
+        pending = self.ada_stats.pending(ADA_STAT).tolist() if self.ada_stats is not None else None
+        progress = (self.cur_nimg, self.cur_tick, self.batch_idx)
+        record = resume.resume_record(self.o, *progress, self.optimizers, self.loss.pl_mean, pending)
         path = self._path(f"network-snapshot-{self._kimg_in_names()}.pkl")
         if self.is_main:
-            atomic_pickle(path, dict(snapshot, resume_state=record))
+            resume.save_snapshot(path, snapshot, record)
         return path, snapshot
-
-    def _evaluate_metrics(self, snapshot_pkl: str, snapshot: dict):
-        """Compute the requested metrics on the snapshot's G_ema, on an RNG stream of their own."""
-        from metrics import metric_main
-
-        self.log("Evaluating metrics...")
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            numpy_state = np.random.get_state()
-            for metric in self.o.metrics:
-                result = metric_main.calc_metric(
-                    metric=metric,
-                    G=snapshot["G_ema"],
-                    dataset_kwargs=self.o.training_set_kwargs,
-                    num_gpus=self.num_gpus,
-                    rank=self.rank,
-                    device=self.device,
-                    **self.o.metrics_kwargs,
-                )
-                if self.is_main:
-                    metric_main.report_metric(result, run_dir=self.o.run_dir, snapshot_pkl=snapshot_pkl)
-                self.metric_values.update(result.results)
-            np.random.set_state(numpy_state)
-
-    def _write_stats(self):
-        for phase in self.phases:
-            training_stats.report0("Timing/" + phase.name, phase.timer.elapsed_ms() if phase.timer else [])
-        self.stats.update()
-        stats = self.stats.as_dict()
-        timestamp = time.time()
-        if self.stats_jsonl is not None:
-            self.stats_jsonl.write(json.dumps(dict(stats, timestamp=timestamp)) + "\n")
-            self.stats_jsonl.flush()
-        if self.tensorboard is not None:
-            step = int(self.cur_nimg / 1e3)
-            walltime = timestamp - self.start_time
-            for name, value in stats.items():
-                self.tensorboard.add_scalar(name, value.mean, global_step=step, walltime=walltime)
-            for name, value in self.metric_values.items():
-                self.tensorboard.add_scalar(f"Metrics/{name}", value, global_step=step, walltime=walltime)
-            self.tensorboard.flush()
 
     def end_of_tick(self, done: bool) -> bool:
         """The per-tick bookkeeping; returns whether the run is over."""
         o = self.o
-        tick_end_time = time.time()
-        line = self._status_line(tick_end_time)
-        self.log(line)
+        self.clock.end_tick()
+        progress = (self.cur_tick, self.cur_nimg, self.tick_start_nimg)
+        self.log(reporting.status_line(self.clock, *progress, self.device, self.augment_pipe))
         self._check_finite()
-
         if not done and o.abort_fn is not None and o.abort_fn():
             done = True
             self.log()
             self.log("Aborting...")
 
         due = lambda interval: interval is not None and (done or self.cur_tick % interval == 0)  # noqa: E731
-        if self.is_main and due(o.image_snapshot_ticks):
-            name = f"fakes{self._kimg_in_names()}.png"
-            save_image_grid(self._render_grid(), self._path(name), (-1, 1), self.grid_shape)
+        if self.grid is not None and due(o.image_snapshot_ticks):
+            self.grid.save_fakes(self.G_ema, self._path(f"fakes{self._kimg_in_names()}.png"))
         if due(o.network_snapshot_ticks):
             snapshot_pkl, snapshot = self._write_snapshot()
             if o.metrics:
-                self._evaluate_metrics(snapshot_pkl, snapshot)
+                self.metric_values.update(reporting.evaluate_metrics(o, snapshot_pkl, snapshot["G_ema"], self.log))
             del snapshot
-
-        self._write_stats()
+        self.stats_log.write(self.cur_nimg, {phase.name: phase.timer for phase in self.phases}, self.metric_values)
         if o.progress_fn is not None:
             o.progress_fn(self.cur_nimg // 1000, o.total_kimg)
 
         self.cur_tick += 1
         self.tick_start_nimg = self.cur_nimg
-        self.tick_start_time = time.time()
-        self.maintenance_time = self.tick_start_time - tick_end_time
+        self.clock.start_tick()
         return done
 
     # --- the whole run -------------------------------------------------------------------------------------------
@@ -718,65 +378,59 @@ class TrainingRun:
         else:
             if o.progress_fn is not None:
                 o.progress_fn(self.cur_nimg // 1000, o.total_kimg)
-            live = _LiveProgress(enabled=self.is_main)
+            live = reporting.LiveProgress(enabled=self.is_main)
             while True:
                 self.iteration()
                 done = self.cur_nimg >= total_nimg
-                tick_over = self.cur_nimg >= self.tick_start_nimg + tick_nimg
-                if not done and self.cur_tick != 0 and not tick_over:  # Tick 0 ends after one iteration.
-                    tick_kimg = (self.cur_nimg - self.tick_start_nimg) / 1e3
-                    total_kimg = self.cur_nimg / 1e3
-                    live.show(
-                        f"tick {self.cur_tick}: {tick_kimg:.2f}/{o.kimg_per_tick:g} kimg, "
-                        f"total {total_kimg:.2f}/{o.total_kimg:g} kimg"
-                    )
+                if not done and self.cur_tick != 0 and self.cur_nimg < self.tick_start_nimg + tick_nimg:
+                    # Within a tick (tick 0 ends after one iteration).
+                    live.show_tick(self.cur_tick, self.cur_nimg - self.tick_start_nimg, self.cur_nimg, o)
                     continue
                 live.clear()
                 if self.end_of_tick(done):
                     break
-        if self.stats_jsonl is not None:
-            self.stats_jsonl.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        self.stats_log.close()
         self.log()
         self.log("Exiting...")
 
 
+# The loop's options: the reference's names and defaults, plus `device` and `metrics_kwargs`. "Class name and
+# kwargs" means a dict whose `class_name` (a dotted path) names the class built from the other entries.
 DEFAULTS = dnnlib.EasyDict(
-    run_dir=".",
-    training_set_kwargs={},
-    data_loader_kwargs={},
-    G_kwargs={},
-    D_kwargs={},
-    G_opt_kwargs={},
-    D_opt_kwargs={},
-    augment_kwargs=None,
-    loss_kwargs={},
-    metrics=[],
-    random_seed=0,
-    num_gpus=1,
-    rank=0,
-    batch_size=4,
-    batch_gpu=4,
-    ema_kimg=10,
-    ema_rampup=None,
-    G_reg_interval=4,
-    D_reg_interval=16,
-    augment_p=0,
-    ada_target=None,
-    ada_interval=4,
-    ada_kimg=500,
-    total_kimg=25000,
-    kimg_per_tick=4,
-    image_snapshot_ticks=50,
-    network_snapshot_ticks=50,
-    resume_pkl=None,
-    cudnn_benchmark=True,
-    allow_tf32=False,
-    abort_fn=None,
-    progress_fn=None,
-    device=None,
-    metrics_kwargs={},
+    run_dir=".",  # Output folder of the run (snapshots, images, stats.jsonl, TFEvents).
+    training_set_kwargs={},  # Dataset: class name and kwargs.
+    data_loader_kwargs={},  # Extra torch DataLoader kwargs (pin_memory, num_workers, prefetch_factor).
+    G_kwargs={},  # Generator: class name and kwargs (c_dim, img_resolution, img_channels come from the data).
+    D_kwargs={},  # Discriminator: class name and kwargs (the same three come from the data).
+    G_opt_kwargs={},  # G optimiser: class name and kwargs (lr, betas before the lazy-regularisation rescale).
+    D_opt_kwargs={},  # D optimiser: class name and kwargs.
+    augment_kwargs=None,  # Augmentation pipe: class name and kwargs; None: no augmentation.
+    loss_kwargs={},  # Loss: class name and kwargs.
+    metrics=[],  # Metric names evaluated on every network snapshot.
+    random_seed=0,  # Global seed; process `rank` seeds torch and NumPy with random_seed * num_gpus + rank.
+    num_gpus=1,  # Number of processes taking part in the run.
+    rank=0,  # This process's index, 0..num_gpus-1; rank 0 prints and writes the files.
+    batch_size=4,  # Images per iteration over all processes.
+    batch_gpu=4,  # Images per process per accumulation round.
+    ema_kimg=10,  # Half-life of G_ema, in thousands of images.
+    ema_rampup=None,  # G_ema half-life at most cur_nimg * ema_rampup (images); None: no ramp-up.
+    G_reg_interval=4,  # Iterations between path-length regularisation steps; None: regularise in every G step.
+    D_reg_interval=16,  # Iterations between R1 regularisation steps; None: regularise in every D step.
+    augment_p=0,  # Initial augmentation probability, 0..1.
+    ada_target=None,  # ADA target for the mean sign of D on reals; None: augment_p stays fixed.
+    ada_interval=4,  # Iterations between ADA adjustments of p.
+    ada_kimg=500,  # Thousands of images for ADA to change p by 1.
+    total_kimg=25000,  # Length of the run, in thousands of real images shown.
+    kimg_per_tick=4,  # Length of a tick (status line, stats.jsonl entry), in thousands of images.
+    image_snapshot_ticks=50,  # Ticks between fakes*.png grids; None: none.
+    network_snapshot_ticks=50,  # Ticks between network snapshots (and metric evaluations); None: none.
+    resume_pkl=None,  # Path or URL of a network pickle to start from; None: fresh networks.
+    cudnn_benchmark=True,  # torch.backends.cudnn.benchmark.
+    allow_tf32=False,  # TF32 matmuls and convolutions (torch.backends.cuda.matmul / cudnn .allow_tf32).
+    abort_fn=None,  # Callable returning True to stop after the current tick; must agree across ranks.
+    progress_fn=None,  # Callable (cur_kimg: int, total_kimg), called at the start and after every tick.
+    device=None,  # torch device of this process; None: cuda:<rank> when CUDA is available, else the CPU.
+    metrics_kwargs={},  # Extra kwargs for metric_main.calc_metric (MetricOptions: G_kwargs, progress, cache).
 )
 
 
@@ -794,11 +448,7 @@ def make_options(**kwargs) -> dnnlib.EasyDict:
 
 
 def training_loop(**kwargs):
-    """Run one process's share of a training run.
-
-    Keyword arguments and defaults are those of spec training.md §4.1 (see DEFAULTS), plus `device` (default:
-    cuda:<rank> when CUDA is available, else the CPU) and `metrics_kwargs` (extra arguments for the metrics).
-    """
+    """Run one process's share of a training run. Keyword arguments and defaults: DEFAULTS."""
     run = TrainingRun(make_options(**kwargs))
     run.setup()
     run.run()
