@@ -57,6 +57,18 @@ def trust_pickle_option():
     )
 
 
+def device_option():
+    """`--device` -> parameter `device` (a string; resolve it with torch_utils.launch.resolve_device)."""
+    return click.option(
+        "--device",
+        help="Where the network runs: auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps",
+        type=str,
+        default="auto",
+        show_default=True,
+        metavar="auto|cpu|cuda|cuda:N|mps",
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Output paths, checked before any long work starts
 

@@ -17,6 +17,43 @@ def default_device(rank: int = 0) -> torch.device:
     return torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
+class DeviceError(ValueError):
+    """A `--device` value that names no usable device; the message is one line naming what was asked for."""
+
+
+# The values `--device` accepts besides `cuda:N`, the tools' default first.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto | cpu | cuda | cuda:N | mps` -> a device that exists on this machine, else DeviceError.
+
+    `auto` is `default_device()` (CUDA when present, else the CPU). Off CUDA, networks run in float32 with the
+    reference ops; the tools' half-precision layers switch themselves off there.
+    """
+    text = spec.strip().lower()
+    if text == "auto":
+        return default_device()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise DeviceError("--device mps: this machine has no Apple MPS device (or this PyTorch build lacks it)")
+        return torch.device("mps")
+    if text == "cuda" or text.startswith("cuda:"):
+        index_text = text.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            raise DeviceError(f"--device {spec}: expected cuda or cuda:N with N a GPU index")
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec}: CUDA is not available on this machine (try --device=cpu)")
+        index = int(index_text)
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    raise DeviceError(f"--device {spec}: expected one of auto, cpu, cuda, cuda:N, mps")
+
+
 def _file_rendezvous_url(temp_dir: str) -> str:
     """init_method of a rendezvous through a file in temp_dir; Windows file URLs take three slashes."""
     path = os.path.abspath(os.path.join(temp_dir, ".torch_distributed_init"))
