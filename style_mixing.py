@@ -138,7 +138,7 @@ def generate_style_mix(
     if G.c_dim != 0:
         raise click.UsageError(f"style_mixing.py supports unconditional networks only; this one has c_dim={G.c_dim}")
     if G.img_channels not in images.PIL_MODES:
-        raise click.UsageError(f"Cannot save images with {G.img_channels} channels; expected 1 or 3")
+        raise click.UsageError(f"Cannot save images with {G.img_channels} channels; expected 1, 3 or 4")
     check_styles(col_styles, G.num_ws)
     cli.make_outdir(outdir)
 

@@ -245,13 +245,13 @@ def test_grayscale_network_writes_8bit_gray_png(tmp_path):
 
 
 def test_unsupported_channel_count_is_a_one_line_error(tmp_path):
-    build_snapshot(tmp_path / "rgba.pkl", img_channels=4, seed=4)
+    build_snapshot(tmp_path / "two.pkl", img_channels=2, seed=4)
     outdir = tmp_path / "o"
     result = CliRunner().invoke(
-        generate.generate_images, ["--network", str(tmp_path / "rgba.pkl"), "--seeds", "2", "--outdir", str(outdir)]
+        generate.generate_images, ["--network", str(tmp_path / "two.pkl"), "--seeds", "2", "--outdir", str(outdir)]
     )
     assert result.exit_code == 1, result.output
-    assert result.stderr == "Error: Cannot save images with 4 channels; expected 1 (grayscale) or 3 (RGB)\n"
+    assert result.stderr == "Error: Cannot save images with 2 channels; expected 1 (grayscale), 3 (RGB) or 4 (RGBA)\n"
     assert os.listdir(outdir) == []
 
 

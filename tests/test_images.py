@@ -50,7 +50,21 @@ def test_to_pil_modes_and_channel_errors():
     gray = np.full([2, 3, 1], 7, np.uint8)
     assert images.to_pil(rgb).mode == "RGB" and images.to_pil(rgb).size == (3, 2)
     assert images.to_pil(gray).mode == "L" and np.array(images.to_pil(gray)).tolist() == [[7, 7, 7]] * 2
-    with pytest.raises(images.ImageChannelsError, match=r"^Cannot save images with 4 channels; expected 1 \(grayscale"):
-        images.to_pil(np.zeros([2, 2, 4], np.uint8))
+    rgba = np.arange(2 * 2 * 4, dtype=np.uint8).reshape(2, 2, 4)
+    assert images.to_pil(rgba).mode == "RGBA" and np.array(images.to_pil(rgba)).tolist() == rgba.tolist()
+    with pytest.raises(images.ImageChannelsError, match=r"^Cannot save images with 2 channels; expected 1 \(grayscale"):
+        images.to_pil(np.zeros([2, 2, 2], np.uint8))
     images.check_channels(3)
     assert isinstance(images.to_pil(rgb), PIL.Image.Image)
+
+
+def test_open_image_refuses_declared_sizes_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    PIL.Image.new("L", (64, 32)).save(path)
+    with images.open_image(path, "big.png") as img:
+        assert img.size == (64, 32)
+    with pytest.raises(images.ImageFileError, match=r"^big.png: the image declares 64x32 = 2048 pixels; at most 2047"):
+        images.open_image(path, "big.png", max_pixels=2047)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(images.ImageFileError, match=r"^junk.png: not an image file that Pillow can read"):
+        images.open_image(tmp_path / "junk.png", "junk.png")

@@ -19,12 +19,20 @@ import PIL.Image
 import torch
 
 # PIL modes of the channel counts that images can be written with, and how messages call them.
-PIL_MODES = {1: "L", 3: "RGB"}
-_CHANNEL_NAMES = {1: "grayscale", 3: "RGB"}
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_CHANNEL_NAMES = {1: "grayscale", 3: "RGB", 4: "RGBA"}
+
+# The most pixels an image file may declare before it is decoded (8192 x 8192): a few bytes of header can otherwise
+# ask for gigabytes. Below Pillow's own decompression-bomb warning, so that this check speaks first.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 class ImageChannelsError(ValueError):
     """An image whose channel count has no PNG mode."""
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be opened, or that declares more pixels than MAX_IMAGE_PIXELS."""
 
 
 def generator_to_uint8(img: torch.Tensor) -> torch.Tensor:
@@ -57,12 +65,34 @@ def float_to_uint8(img: np.ndarray, drange: tuple[float, float]) -> np.ndarray:
 def check_channels(channels: int) -> None:
     """Raise `ImageChannelsError` unless images of `channels` channels can be written as PNG."""
     if channels not in PIL_MODES:
-        expected = " or ".join(f"{count} ({name})" for count, name in _CHANNEL_NAMES.items())
+        names = [f"{count} ({name})" for count, name in _CHANNEL_NAMES.items()]
+        expected = ", ".join(names[:-1]) + " or " + names[-1]
         raise ImageChannelsError(f"Cannot save images with {channels} channels; expected {expected}")
 
 
 def to_pil(image: np.ndarray) -> PIL.Image.Image:
-    """uint8 `[H, W, C]` -> PIL image of the matching mode (1 channel: L, 3 channels: RGB)."""
+    """uint8 `[H, W, C]` -> PIL image of the matching mode (1 channel: L, 3: RGB, 4: RGBA)."""
     channels = image.shape[2]
     check_channels(channels)
     return PIL.Image.fromarray(image[:, :, 0] if channels == 1 else image, PIL_MODES[channels])
+
+
+def open_image(file, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
+    """Open an image (path or binary file object) lazily, refusing it before decoding if it declares too many pixels.
+
+    `name` is how messages call the file (its path, or `archive.zip:member.png`). Errors are one-line
+    `ImageFileError`s; the pixels are decoded only when the caller uses the image.
+    """
+    try:
+        image = PIL.Image.open(file)
+    except PIL.Image.DecompressionBombError as exc:
+        raise ImageFileError(f"{name}: the image declares more than {max_pixels} pixels ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageFileError(f"{name}: not an image file that Pillow can read ({exc})") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageFileError(
+            f"{name}: the image declares {width}x{height} = {width * height} pixels; at most {max_pixels} are accepted"
+        )
+    return image
