@@ -99,6 +99,16 @@ def _stage_shapes(resolutions, image_shape):
     return {res: (res * height // short, res * width // short) for res in resolutions}
 
 
+def _stage_plan(image_shape, channel_base, channel_max, num_fp16_res):
+    """Stages of a network for `image_shape` (H, W): their resolutions 4, 8, ..., min(H, W) (shorter sides), and per
+    resolution the channel count and the (H, W) of the stage, plus the lowest resolution that runs in fp16."""
+    short = min(image_shape)
+    short_log2 = int(np.log2(short))
+    resolutions = [2**i for i in range(2, short_log2 + 1)]
+    channels = _channels_per_resolution(resolutions, channel_base, channel_max, max(image_shape) // short)
+    return resolutions, channels, _stage_shapes(resolutions, image_shape), _fp16_threshold(short_log2, num_fp16_res)
+
+
 def _stage_shape_kwargs(shape):
     """The `stage_shape` kwarg for a block or layer: only for a non-square stage, so square ones record nothing."""
     return {} if shape[0] == shape[1] else dict(stage_shape=tuple(shape))
@@ -685,12 +695,10 @@ class SynthesisNetwork(torch.nn.Module):
         log2 = int(np.log2(img_resolution))
         _store(self, w_dim=w_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels)
         _store_image_shape(self, image_shape)
-        short_log2 = int(np.log2(min(image_shape)))
-        self.block_resolutions = [2**i for i in range(2, short_log2 + 1)]  # 4, 8, ..., shorter side
-        stretch = img_resolution // min(image_shape)
-        channels = _channels_per_resolution(self.block_resolutions, channel_base, channel_max, stretch)
-        stage_shapes = _stage_shapes(self.block_resolutions, image_shape)
-        fp16_resolution = _fp16_threshold(short_log2, num_fp16_res)
+        resolutions, channels, stage_shapes, fp16_resolution = _stage_plan(
+            image_shape, channel_base, channel_max, num_fp16_res
+        )
+        self.block_resolutions = resolutions  # 4, 8, ..., shorter side
 
         self.num_ws = 0
         for res in self.block_resolutions:
@@ -993,12 +1001,10 @@ class Discriminator(torch.nn.Module):
         log2 = int(np.log2(img_resolution))
         _store(self, c_dim=c_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels)
         _store_image_shape(self, image_shape)
-        short_log2 = int(np.log2(min(image_shape)))
-        self.block_resolutions = [2**i for i in range(short_log2, 2, -1)]  # shorter side, ..., 8; 4 is the epilogue
-        stretch = img_resolution // min(image_shape)
-        channels = _channels_per_resolution(self.block_resolutions + [4], channel_base, channel_max, stretch)
-        stage_shapes = _stage_shapes(self.block_resolutions + [4], image_shape)
-        fp16_resolution = _fp16_threshold(short_log2, num_fp16_res)
+        resolutions, channels, stage_shapes, fp16_resolution = _stage_plan(
+            image_shape, channel_base, channel_max, num_fp16_res
+        )
+        self.block_resolutions = resolutions[:0:-1]  # shorter side, ..., 8; 4 is the epilogue
         # Width of the label embedding the output is projected onto; none without labels.
         cmap_dim = 0 if c_dim == 0 else (channels[4] if cmap_dim is None else cmap_dim)
 
