@@ -1026,14 +1026,8 @@ class Discriminator(torch.nn.Module):
             cur_layer_idx += block.num_layers
 
         if c_dim > 0:
-            self.mapping = MappingNetwork(
-                z_dim=0,
-                c_dim=c_dim,
-                w_dim=cmap_dim,
-                num_ws=None,
-                w_avg_beta=None,
-                **(mapping_kwargs or {}),
-            )
+            label_mapping = dict(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None)
+            self.mapping = MappingNetwork(**label_mapping, **(mapping_kwargs or {}))
         self.b4 = DiscriminatorEpilogue(
             channels[4],
             cmap_dim=cmap_dim,
