@@ -180,3 +180,129 @@ def test_extreme_aspects_build():
         G, D = _generator(height, width), _discriminator(height, width, epilogue_kwargs=dict(mbstd_group_size=2))
         z, c = _inputs()
         assert D(G(z, c), c).shape == (2, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Augmentation and training
+
+
+@pytest.mark.parametrize("height,width", SHAPES)
+def test_augment_pipe_keeps_the_shape(height, width):
+    from training.augment import AUGPIPE_SPECS, AugmentPipe
+
+    pipe = AugmentPipe(**AUGPIPE_SPECS["bgcfnc"]).train().requires_grad_(False)
+    pipe.p.copy_(torch.ones([]))
+    images = torch.rand([2, 3, height, width], requires_grad=True) * 2 - 1
+    out = pipe(images)
+    assert out.shape == images.shape and torch.isfinite(out).all()
+    out.sum().backward()  # The loss differentiates through the pipe (R1 on augmented reals).
+
+
+def _write_folder(path, count, height, width):
+    """`count` PNGs of random RGB noise, `width` x `height` pixels."""
+    import os
+
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    os.makedirs(path)
+    for idx in range(count):
+        pixels = rng.integers(0, 256, size=[height, width, 3], dtype=np.uint8)
+        PIL.Image.fromarray(pixels).save(os.path.join(path, f"img{idx:03d}.png"))
+    return str(path)
+
+
+class ProbeDataset:
+    """Stands in for the dataset reader in `config._probe_dataset`: only the shape matters (path = "HxW")."""
+
+    def __init__(self, path, **_kwargs):
+        self.name, self.num_channels, self.has_labels = "probe", 3, False
+        self.image_shape = [3, *map(int, path.split("x"))]
+
+    def __len__(self):
+        return 2
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+
+@pytest.mark.parametrize(
+    "height,width,message",
+    [
+        (8, 64, "are 64x8; training needs power-of-two width and height with an aspect ratio between 1:4 and 4:1"),
+        (48, 64, "are 64x48; training needs power-of-two width and height with an aspect ratio between 1:4 and 4:1"),
+        (4, 16, "are 16x4; training needs at least 8x8"),
+    ],
+)
+def test_training_rejects_bad_shapes_with_one_line(height, width, message):
+    from training import config
+
+    path = f"{height}x{width}"
+    with pytest.raises(config.UserError) as info:
+        config._probe_dataset(dict(class_name="test_nonsquare.ProbeDataset", path=path))
+    assert str(info.value) == f"--data: the images of {path} {message}"
+    facts = config._probe_dataset(dict(class_name="test_nonsquare.ProbeDataset", path="16x64"))
+    assert (facts.resolution, facts.height, facts.width) == (64, 16, 64)
+
+
+def test_reader_rejects_bad_aspect_with_one_line(tmp_path):
+    from training import config
+
+    data = _write_folder(tmp_path / "thin", 2, 8, 64)
+    with pytest.raises(config.UserError, match=r"^--data: .*64x8.*$") as info:
+        config.setup_training_loop_kwargs(data=data, metrics=[])
+    assert "aspect ratio between 1:4 and 4:1" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_auto_config_uses_the_larger_side(tmp_path):
+    from training import config
+
+    _, wide = config.setup_training_loop_kwargs(data=_write_folder(tmp_path / "wide", 2, 32, 64), metrics=[])
+    _, square = config.setup_training_loop_kwargs(data=_write_folder(tmp_path / "square", 2, 64, 64), metrics=[])
+    for key in ("G_kwargs", "D_kwargs", "loss_kwargs", "batch_size", "ema_kimg"):
+        assert wide[key] == square[key], key
+    assert wide.training_set_kwargs.resolution == 64
+
+
+@pytest.mark.parametrize("height,width", SHAPES)
+def test_end_to_end_cpu_run(tmp_path, height, width):
+    """A tiny real `train.py` run on H x W data: grids, snapshot and the snapshot's generator are H x W."""
+    import os
+    import subprocess
+    import sys
+
+    import PIL.Image
+    from conftest import REPO_ROOT
+
+    import legacy
+
+    data = _write_folder(tmp_path / "data", 4, height, width)
+    outdir = tmp_path / "runs"
+    args = ["--cbase=128", "--cmax=8", "--map=2", "--batch=4", "--workers=1", "--metrics=none", "--fp32=1"]
+    args += [f"--outdir={outdir}", f"--data={data}", "--kimg=0.004", "--snap=1", "--aug=ada", "--mirror=1"]
+    result = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_name,) = os.listdir(outdir)
+    run_dir = outdir / run_name
+    log = (run_dir / "log.txt").read_text()
+    assert f"Image shape: [3, {height}, {width}]" in log
+    cols, rows = min(7680 // width, 32), min(4320 // height, 32)
+    for name in ["reals.png", "fakes_init.png", "fakes000000.png"]:
+        with PIL.Image.open(run_dir / name) as image:
+            assert image.size == (cols * width, rows * height), name
+    with open(run_dir / "network-snapshot-000000.pkl", "rb") as f:
+        snapshot = legacy.load_network_pkl(f)
+    for key in ("G", "D", "G_ema"):
+        assert networks.image_size(snapshot[key]) == (height, width), key
+    G = snapshot["G_ema"]
+    assert (G.init_kwargs.img_height, G.init_kwargs.img_width, G.img_resolution) == (height, width, 64)
+    with torch.no_grad():
+        image = G(torch.randn([1, G.z_dim]), torch.zeros([1, 0]), noise_mode="const")
+    assert image.shape == (1, 3, height, width) and torch.isfinite(image).all()
+    assert snapshot["D"](image, torch.zeros([1, 0])).shape == (1, 1)
