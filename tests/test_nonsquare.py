@@ -1,6 +1,8 @@
 """Non-square images (issue 15): networks at 64x32 and 32x64, the kwarg contract for square networks, the aspect
 limits, and tiny end-to-end training runs on the CPU."""
 
+import json
+import math
 import pickle
 
 import pytest
@@ -292,6 +294,10 @@ def test_end_to_end_cpu_run(tmp_path, height, width):
     run_dir = outdir / run_name
     log = (run_dir / "log.txt").read_text()
     assert f"Image shape: [3, {height}, {width}]" in log
+    # Every loss phase ran, the regularisers included (path length on G, R1 on D): finite numbers.
+    (stats,) = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    for key in ("Loss/G/loss", "Loss/pl_penalty", "Loss/D/loss", "Loss/r1_penalty"):
+        assert stats[key]["num"] > 0 and math.isfinite(stats[key]["mean"]), key
     cols, rows = min(7680 // width, 32), min(4320 // height, 32)
     for name in ["reals.png", "fakes_init.png", "fakes000000.png"]:
         with PIL.Image.open(run_dir / name) as image:
