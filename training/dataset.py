@@ -13,10 +13,10 @@ that treat dataset problems as I/O errors, like `train.py --data`, report it as 
 while opening the dataset for everything that is cheap to check there (missing path, not a directory or
 ZIP, unreadable ZIP, no images, the first image's decoding / dtype / shape / `resolution`, and, when
 `use_labels` is set, the whole of `dataset.json`), and otherwise when the item is read (a later image that
-is corrupt, truncated, not 8-bit, not square power-of-two, or whose resolution or channel count differs
-from the first image). The messages for the three conditions the reference reports start with the
-reference wording: "Path must point to a directory or zip", "No image files found in the specified path"
-and "Image files do not match the specified resolution".
+is corrupt, truncated, not 8-bit, not power-of-two sized with an aspect ratio of 1:4 to 4:1, or whose
+size or channel count differs from the first image). The messages for the three conditions the reference
+reports start with the reference wording: "Path must point to a directory or zip", "No image files found
+in the specified path" and "Image files do not match the specified resolution".
 """
 
 import contextlib
@@ -32,6 +32,7 @@ import PIL.Image
 import torch
 
 import dnnlib
+from training.networks import MAX_ASPECT
 
 try:
     import pyspng
@@ -183,9 +184,9 @@ class Dataset(torch.utils.data.Dataset):
 
     @property
     def resolution(self):
+        """The larger image side (the side of square images), as the networks' `img_resolution`."""
         assert len(self.image_shape) == 3  # [C, H, W]
-        assert self.image_shape[1] == self.image_shape[2]
-        return self.image_shape[1]
+        return max(self.image_shape[1:])
 
     @property
     def label_shape(self):
@@ -233,6 +234,12 @@ def _checked_raw_labels(labels, num_raw):
     return labels
 
 
+def _is_valid_image_size(height, width):
+    """Both sides powers of two, the longer at most MAX_ASPECT times the shorter (square is the usual case)."""
+    powers_of_two = all(side >= 1 and (side & (side - 1)) == 0 for side in (height, width))
+    return powers_of_two and max(height, width) <= MAX_ASPECT * min(height, width)
+
+
 def _check_raw_image(image, image_shape):
     """Assert that a subclass hook returned a uint8 image of the dataset's `[C, H, W]` shape."""
     assert isinstance(image, np.ndarray), f"raw image must be a numpy array, found {type(image).__name__}"
@@ -270,15 +277,16 @@ class ImageFolderDataset(Dataset):
     """Images from a directory tree or a ZIP archive, with optional labels from a root `dataset.json`.
 
     Images are the files with a Pillow-registered extension, in plain string order of their relative
-    names. The raw shape comes from the first image; every image must be 8-bit, square with a power-of-two
-    side and of the same shape as the first. PNGs are decoded with pyspng when it is installed, other files
-    with Pillow without mode conversion, except that palette images (P, PA) become RGB, as pyspng makes them.
+    names. The raw shape comes from the first image; every image must be 8-bit, with power-of-two width and
+    height at most MAX_ASPECT apart (square is the usual case), and of the same shape as the first. PNGs are
+    decoded with pyspng when it is installed, other files with Pillow without mode conversion, except that
+    palette images (P, PA) become RGB, as pyspng makes them.
     `dataset.json` holds `{"labels": [[relative_name, label], ...]}` (or `null`), where every label
     is a non-negative integer class index, or every label is a list of numbers of one common length.
 
     Args:
         path:       directory or `.zip` file.
-        resolution: expected image side; None accepts the first image's.
+        resolution: expected (larger) image side; None accepts the first image's.
         **base_kwargs: `max_size`, `use_labels`, `xflip`, `random_seed` (see `Dataset`).
     """
 
@@ -327,10 +335,13 @@ class ImageFolderDataset(Dataset):
         name = os.path.splitext(os.path.basename(path))[0]
         first_image = self._decode_image(self._image_fnames[0])
         raw_shape = [len(self._image_fnames)] + list(first_image.shape)
-        if resolution is not None and (raw_shape[2] != resolution or raw_shape[3] != resolution):
+        if resolution is not None and max(raw_shape[2:]) != resolution:
+            expected = (
+                f"{resolution}x{resolution}" if raw_shape[2] == raw_shape[3] else f"a larger side of {resolution}"
+            )
             raise DatasetError(
                 f"Image files do not match the specified resolution: {self._describe(self._image_fnames[0])} "
-                f"is {raw_shape[3]}x{raw_shape[2]} pixels, expected {resolution}x{resolution}"
+                f"is {raw_shape[3]}x{raw_shape[2]} pixels, expected {expected}"
             )
         super().__init__(name=name, raw_shape=raw_shape, **base_kwargs)
         if self._use_labels:
@@ -381,7 +392,7 @@ class ImageFolderDataset(Dataset):
     # --- images --------------------------------------------------------------------------------------------
 
     def _decode_image(self, fname):
-        """Decode and check one file; returns uint8 `[C, H, W]` with a square power-of-two H == W."""
+        """Decode and check one file; returns uint8 `[C, H, W]`, H and W powers of two at most MAX_ASPECT apart."""
         data = self._read_file(fname)
         image = None
         if pyspng is not None and _file_ext(fname) == ".png":
@@ -411,10 +422,10 @@ class ImageFolderDataset(Dataset):
         if image.dtype != np.uint8:
             raise DatasetError(f"Image {self._describe(fname)}: expected 8-bit pixels (uint8), found {image.dtype}")
         height, width = image.shape[:2]
-        if height != width or height < 1 or (height & (height - 1)) != 0:
+        if not _is_valid_image_size(height, width):
             raise DatasetError(
-                f"Image {self._describe(fname)}: expected a square image with a power-of-two side, "
-                f"found {width}x{height} pixels"
+                f"Image {self._describe(fname)}: expected power-of-two width and height with an aspect ratio "
+                f"between 1:{MAX_ASPECT} and {MAX_ASPECT}:1, found {width}x{height} pixels"
             )
         return image.transpose(2, 0, 1)  # channels first, as the networks expect
 
