@@ -151,7 +151,7 @@ def main(
     default) returns to the first keyframe: K * w-frames frames; --no-loop stops on the last: (K-1) * w-frames + 1.
 
     The mp4 (H.264) shows grayscale networks in gray and drops the alpha of 4-channel networks; --frames-dir keeps
-    every channel (PNG frames frame00000.png, ...). With the defaults, the frames are those of NVIDIA's gen_video.py.
+    every channel (PNG frames frame00000.png, ...). With the defaults, the walk is that of NVIDIA's gen_video.py.
 
     \b
     Examples:
