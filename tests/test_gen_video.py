@@ -239,3 +239,26 @@ def test_num_keyframes_and_shuffle_repeat_the_seeds():
     np.testing.assert_array_equal(slots, [[0, 1, 2, 0], [1, 2, 0, 1]])
     shuffled = video.assign_keyframes(3, 2, 4, 7, "--seeds")
     assert sorted(shuffled.ravel()) == sorted(slots.ravel()) and not np.array_equal(shuffled, slots)
+
+
+def test_cubic_loop_is_nvidias_spline():
+    """The looping cubic walk equals scipy's interp1d(kind='cubic') over the keyframes tiled 5 times (NVIDIA's)."""
+    import scipy.interpolate
+
+    keyframes = np.random.RandomState(1).randn(3, 2, 5).astype(np.float32)
+    reference = scipy.interpolate.interp1d(np.arange(-6, 9), np.tile(keyframes, [5, 1, 1]), kind="cubic", axis=0)
+    walk = video.LatentWalk(keyframes, 7, "cubic", loop=True)
+    for frame in range(walk.num_frames):
+        np.testing.assert_allclose(walk(frame), reference(frame / 7), rtol=1e-9, atol=1e-9)
+
+
+def test_conditional_network_needs_class(tmp_path_factory, tmp_path):
+    pkl, G = _snapshot(tmp_path_factory, "cond", c_dim=3, seed=4)
+    one_line_error(run_cli("--network", pkl, "--seeds", "0", "--frames-dir", tmp_path / "f"), "give --class")
+    args = ["--network", pkl, "--seeds", "0,1", "--w-frames", 2, "--space", "z", "--class", 2]
+    ok(run_cli(*args, "--frames-dir", tmp_path / "f"))
+    label = torch.zeros([1, 3])
+    label[:, 2] = 1
+    z = torch.from_numpy(video.seed_latents([1], G.z_dim)).float()
+    expected = render_w(G, G.mapping(z, label))
+    assert np.abs(read_frames_dir(tmp_path / "f")[2][1].astype(int) - expected).max() <= 1
