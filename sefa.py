@@ -18,7 +18,7 @@ DIRECTIONS_FILE = "directions.npz"
 GRID_FILE = "grid.png"
 VIDEO_FILE = "edits.mp4"
 # Options that only matter when seeds are rendered.
-RENDER_OPTIONS = ("degrees", "steps", "truncation_psi", "class_idx", "noise_mode", "save_video", "fps", "frames")
+RENDER_OPTIONS = ("k", "degrees", "steps", "truncation_psi", "class_idx", "noise_mode", "save_video", "fps", "frames")
 
 # ----------------------------------------------------------------------------------------------------------------------
 

@@ -174,6 +174,10 @@ def test_projected_w_keyframes(tmp_path, rgb_pkl):
     assert len(frames) == 3
     for idx in range(3):
         assert np.abs(frames[idx][1].astype(int) - render_w(G, ws[idx : idx + 1])).max() <= 1
+    # --trunc moves projected keyframes towards w_avg, as the mapping truncates the seeds' w.
+    ok(run_cli(*args, "--w-frames", 1, "--trunc", 0.5, "--frames-dir", tmp_path / "t"))
+    truncated = G.mapping.w_avg.lerp(ws[1:2], 0.5)
+    assert np.abs(read_frames_dir(tmp_path / "t")[1][1].astype(int) - render_w(G, truncated)).max() <= 1
 
 
 def test_killed_run_keeps_the_old_video(tmp_path, rgb_pkl, monkeypatch):

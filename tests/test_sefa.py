@@ -177,7 +177,10 @@ def test_sefa_refusals(net, tmp_path):
     pkl, G = net
     one_line_error(run(sefa.main, "--network", pkl, "--layers", "5", "--outdir", tmp_path), "expected w indices 0-4")
     one_line_error(run(sefa.main, "--network", pkl, "--video", "--outdir", tmp_path), "--video shapes the pictures")
-    one_line_error(run(sefa.main, "--network", pkl, "--k", 17, "--outdir", tmp_path), "only w_dim=16 directions")
+    args = ["--network", pkl, "--seeds", "0", "--k", 17, "--outdir", tmp_path]
+    one_line_error(run(sefa.main, *args), "only w_dim=16 directions")
+    one_line_error(run(sefa.main, "--network", pkl, "--k", 2, "--outdir", tmp_path), "--k shapes the pictures")
+    one_line_error(run(sefa.main, "--network", pkl, "--device", "mps", "--outdir", tmp_path), "--device mps")
     assert os.listdir(tmp_path) == []
 
 
@@ -186,3 +189,19 @@ def test_apply_direction_strength_per_item():
     edited = sefa_lib.apply_direction(ws, np.ones(4, np.float32), [1], torch.tensor([1.0, -2.0]))
     assert edited[:, [0, 2]].abs().max() == 0 and edited[0, 1].tolist() == [1] * 4 and edited[1, 1].tolist() == [-2] * 4
     assert ws.abs().max() == 0  # the input is left as it is
+
+
+def test_generate_direction_edits_projected_w(net, directions, tmp_path):
+    pkl, G = net
+    G = on_tool_device(G)
+    ws = torch.randn([2, G.num_ws, G.w_dim])
+    np.savez(tmp_path / "p.npz", w=ws.numpy())
+    spec = f"{directions / 'directions.npz'}:1"
+    args = ["--network", pkl, "--projected-w", tmp_path / "p.npz", "--direction", spec, "--strength", 2.5]
+    result = run_generate(*args, "--outdir", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    with np.load(directions / "directions.npz") as npz:
+        second = torch.from_numpy(npz["directions"][1])
+    for idx in range(2):
+        expected = render(G, (ws[idx : idx + 1] + 2.5 * second).to(G.mapping.w_avg.device))
+        assert_same_image(read_png(tmp_path / "o" / f"proj{idx:02d}.png"), expected)
