@@ -266,3 +266,18 @@ def test_conditional_network_needs_class(tmp_path_factory, tmp_path):
     z = torch.from_numpy(video.seed_latents([1], G.z_dim)).float()
     expected = render_w(G, G.mapping(z, label))
     assert np.abs(read_frames_dir(tmp_path / "f")[2][1].astype(int) - expected).max() <= 1
+
+
+def test_atomic_path_keeps_the_extension_and_cleans_up(tmp_path):
+    from dnnlib import atomic
+
+    target = tmp_path / "v.mp4"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic.atomic_path(str(target)) as tmp:
+        assert tmp.endswith(".mp4") and os.path.dirname(tmp) == str(tmp_path)
+        open(tmp, "wb").write(b"half")
+        raise RuntimeError
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["v.mp4"]
+    with atomic.atomic_path(str(target)) as tmp:
+        open(tmp, "wb").write(b"new")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["v.mp4"]
