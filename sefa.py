@@ -47,6 +47,19 @@ def seed_ws(G, seeds: list[int], class_idx: int | None, truncation_psi: float, d
     return video.map_z(G, z, label, truncation_psi)
 
 
+def save_directions(G, layers: list[int] | None, outdir: str) -> tuple[np.ndarray, list[int]]:
+    """Factorise the layers, write <outdir>/directions.npz; return (directions [w_dim, w_dim], edited w rows)."""
+    with cli.errors_as_messages(sefa.DirectionError):
+        weights, rows = sefa.select_layers(G, layers)
+    directions, eigenvalues = sefa.factorise([weight for _, weight in weights])
+    cli.make_outdir(outdir)
+    path = os.path.join(outdir, DIRECTIONS_FILE)
+    names = [name for name, _ in weights]
+    sefa.save_directions(path, directions, eigenvalues, names, rows, G.num_ws)
+    print(f'Saved {len(directions)} directions of {len(names)} layers to "{path}"')
+    return directions, rows
+
+
 def save_grid(path: str, grid: np.ndarray) -> None:
     """uint8 [H, W, C] -> PNG at `path`, atomically."""
     image: PIL.Image.Image = images.to_pil(grid)
@@ -132,14 +145,7 @@ def main(
         G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"].to(device)
     if k > G.w_dim:
         raise click.UsageError(f"--k={k}: the network has only w_dim={G.w_dim} directions")
-    with cli.errors_as_messages(sefa.DirectionError):
-        weights, rows = sefa.select_layers(G, layers)
-    directions, eigenvalues = sefa.factorise([weight for _, weight in weights])
-    cli.make_outdir(outdir)
-    path = os.path.join(outdir, DIRECTIONS_FILE)
-    names = [name for name, _ in weights]
-    sefa.save_directions(path, directions, eigenvalues, names, rows, G.num_ws)
-    print(f'Saved {len(directions)} directions of {len(names)} layers to "{path}"')
+    directions, rows = save_directions(G, layers, outdir)
     if seeds is None:
         return
     with cli.errors_as_messages(images.ImageChannelsError):
