@@ -9,7 +9,7 @@ import torch
 from dnnlib import cli
 from torch_utils import images
 from torch_utils.launch import default_device
-from training import pickles
+from training import pickles, sefa
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -63,22 +63,37 @@ def save_png(img: torch.Tensor, path: str) -> None:
         images.to_pil(images.generator_to_hwc(img)[0]).save(path)
 
 
-def render_projected_w(G, path: str, noise_mode: str, outdir: str, device: torch.device) -> None:
+def render_projected_w(G, path: str, noise_mode: str, outdir: str, device: torch.device, edit=None) -> None:
     """Save the image of every W vector of a projector result as <outdir>/projNN.png."""
     print(f'Generating images from projected W "{path}"')
     ws = load_projected_w(path, G).to(device)
+    ws = ws if edit is None else edit(ws)
     for idx, w in enumerate(ws):
         img = G.synthesis(w.unsqueeze(0), noise_mode=noise_mode)
         save_png(img, os.path.join(outdir, f"proj{idx:02d}.png"))
 
 
-def render_seeds(G, seeds, label, truncation_psi: float, noise_mode: str, outdir: str, device: torch.device) -> None:
-    """Save the image of every seed's z (with `label` `[1, c_dim]`) as <outdir>/seedNNNN.png."""
+def render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device: torch.device, edit=None) -> None:
+    """Save the image of every seed's z (with `label` `[1, c_dim]`) as <outdir>/seedNNNN.png; `edit` maps its ws."""
     for seed_idx, seed in enumerate(seeds):
         print(f"Generating image for seed {seed} ({seed_idx}/{len(seeds)}) ...")
         z = torch.from_numpy(seed_to_z(seed, G.z_dim)).to(device=device, dtype=torch.float32)
-        img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        if edit is None:
+            img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        else:
+            img = G.synthesis(edit(G.mapping(z, label, truncation_psi=truncation_psi)), noise_mode=noise_mode)
         save_png(img, os.path.join(outdir, f"seed{seed:04d}.png"))
+
+
+def direction_edit(G, direction: str | None, strength: float | None):
+    """--direction FILE:INDEX and --strength -> a function ws [N, num_ws, w_dim] -> edited ws, or None."""
+    if (direction is None) != (strength is None):
+        raise click.UsageError("--direction and --strength go together: give both or neither")
+    if direction is None:
+        return None
+    with cli.errors_as_messages(sefa.DirectionError):
+        vector, rows = sefa.load_direction(direction, G.num_ws, G.w_dim)
+    return lambda ws: sefa.apply_direction(ws, vector, rows, strength)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -96,6 +111,12 @@ def render_seeds(G, seeds, label, truncation_psi: float, noise_mode: str, outdir
     type=str,
     metavar="FILE",
 )
+@click.option(
+    "--direction",
+    metavar="FILE:INDEX",
+    help="Edit: add --strength times direction INDEX of a sefa.py directions.npz to the w of every image",
+)
+@click.option("--strength", type=cli.FiniteFloat(), help="How far to move along --direction (w units, may be < 0)")
 @click.option("--outdir", help="Folder for the PNG files", type=str, required=True, metavar="DIR")
 @torch.no_grad()
 def generate_images(
@@ -106,6 +127,8 @@ def generate_images(
     outdir: str,
     class_idx: int | None,
     projected_w: str | None,
+    direction: str | None,
+    strength: float | None,
 ):
     """Render images from a network pickle (file name or URL; the G_ema network is used).
 
@@ -120,23 +143,28 @@ def generate_images(
       python generate.py --network=snapshot.pkl --seeds=3,14,15 --trunc=0.7 --outdir=out
       python generate.py --network=cifar10.pkl --seeds=0-15 --class=4 --outdir=out
       python generate.py --network=snapshot.pkl --projected-w=out/projected_w.npz --outdir=out
+      python generate.py --network=snapshot.pkl --seeds=0-7 --direction=sefa/directions.npz:0 --strength=3 \\
+          --outdir=out
+
+    --direction moves the w rows the file lists: all of them, or those of the layers sefa.py --layers chose.
     """
     cli.check_outdir(outdir)
     print(f'Loading networks from "{network_pkl}"...')
     device = default_device()
     with cli.errors_as_messages(pickles.NetworkPickleError):
         G = pickles.load_network_from(network_pkl)["G_ema"].to(device)
+    edit = direction_edit(G, direction, strength)
     cli.make_outdir(outdir)
 
     if projected_w is not None:
         if seeds is not None:
             print("warn: --seeds is ignored when using --projected-w")
-        render_projected_w(G, projected_w, noise_mode, outdir, device)
+        render_projected_w(G, projected_w, noise_mode, outdir, device, edit)
         return
     if seeds is None:
         raise click.UsageError("--seeds option is required when not using --projected-w")
     label = make_label(G, class_idx, device)
-    render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device)
+    render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device, edit)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
