@@ -113,6 +113,19 @@ def write_progress_video(path: str, G, target_uint8: np.ndarray, projected_w_ste
         writer.close()
 
 
+def save_outputs(outdir: str, G, target_uint8: np.ndarray, projected_w_steps: torch.Tensor, save_video: bool):
+    """proj.mp4 (if asked), target.png, proj.png and projected_w.npz (the last step's W as `[1, num_ws, w_dim]`)."""
+    if save_video:
+        video_path = f"{outdir}/proj.mp4"
+        print(f'Saving optimization progress video "{video_path}"')
+        write_progress_video(video_path, G, target_uint8, projected_w_steps)
+
+    images.to_pil(target_uint8).save(f"{outdir}/target.png")
+    projected_w = projected_w_steps[-1]  # [num_ws, w_dim]
+    images.to_pil(render_w(G, projected_w)).save(f"{outdir}/proj.png")
+    np.savez(f"{outdir}/projected_w.npz", w=projected_w.unsqueeze(0).cpu().numpy())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -192,15 +205,7 @@ def run_projection(
         )
     print(f"Elapsed: {(time.perf_counter() - start_time):.1f} s")
 
-    if save_video:
-        video_path = f"{outdir}/proj.mp4"
-        print(f'Saving optimization progress video "{video_path}"')
-        write_progress_video(video_path, G, target_uint8, projected_w_steps)
-
-    images.to_pil(target_uint8).save(f"{outdir}/target.png")
-    projected_w = projected_w_steps[-1]  # [num_ws, w_dim]
-    images.to_pil(render_w(G, projected_w)).save(f"{outdir}/proj.png")
-    np.savez(f"{outdir}/projected_w.npz", w=projected_w.unsqueeze(0).cpu().numpy())
+    save_outputs(outdir, G, target_uint8, projected_w_steps, save_video)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

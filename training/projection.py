@@ -122,6 +122,14 @@ def _renormalize_noise(noise_bufs) -> None:
 # The projection loop.
 
 
+def _step_loss(G, ws, target_shape, target_features, vgg16, noise_bufs, regularize_noise_weight):
+    """(LPIPS distance, loss) of the image of `ws` `[1, num_ws, w_dim]` (scalars with gradients)."""
+    synth_images = images.projector_pixels(G.synthesis(ws, noise_mode="const"))
+    misc.assert_shape(synth_images, list(target_shape))  # the target has the network's channels and shape
+    dist = (target_features - lpips_features(vgg16, synth_images)).square().sum()
+    return dist, dist + noise_regularization(noise_bufs) * regularize_noise_weight
+
+
 def project(
     G,
     target: torch.Tensor,
@@ -171,10 +179,7 @@ def project(
 
         ws = w_opt + torch.randn_like(w_opt) * w_noise_scale
         ws = ws if w_plus else ws.repeat([1, num_ws, 1])  # [1, num_ws, w_dim]
-        synth_images = images.projector_pixels(G.synthesis(ws, noise_mode="const"))
-        misc.assert_shape(synth_images, list(target_images.shape))  # the target has the network's shape
-        dist = (target_features - lpips_features(vgg16, synth_images)).square().sum()
-        loss = dist + noise_regularization(noise_bufs) * regularize_noise_weight
+        dist, loss = _step_loss(G, ws, target_images.shape, target_features, vgg16, noise_bufs, regularize_noise_weight)
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
