@@ -8,10 +8,17 @@ import torch
 
 from dnnlib import cli
 from torch_utils import images
-from torch_utils.launch import default_device
-from training import pickles, sefa
+from torch_utils.launch import DeviceError, resolve_device
+from training import inference, pickles, sefa
 
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def require_values(ctx, param, value):
+    """Click callback: an option whose range names no value (e.g. `--seeds=5-3`) is a usage error, not a no-op."""
+    if value is not None and len(value) == 0:
+        raise click.BadParameter("the range names no value (in a-b, b must not be less than a)", ctx, param)
+    return value
 
 
 def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
@@ -39,26 +46,38 @@ def load_projected_w(path: str, G) -> torch.Tensor:
             f"--projected-w {path}: expected w of shape [K, {G.num_ws}, {G.w_dim}] (num_ws, w_dim of the network), "
             f"found {list(ws.shape)}"
         )
+    bad = np.count_nonzero(~np.isfinite(ws))
+    if bad:
+        raise click.ClickException(
+            f"--projected-w {path}: w holds {bad} NaN or infinite values; expected finite numbers"
+        )
     return torch.from_numpy(ws.astype(np.float32))
 
 
-def make_label(G, class_idx: int | None, device: torch.device) -> torch.Tensor:
-    """One-hot label [1, c_dim] (all zeros and of width 0 for unconditional networks)."""
+def make_label(G, class_value: str | None, class_names: list[str] | None, device: torch.device) -> torch.Tensor:
+    """One-hot label [1, c_dim] for `--class` (an index, or a name the snapshot recorded); width 0 if unconditional."""
     label = torch.zeros([1, G.c_dim], device=device)
     if G.c_dim == 0:
-        if class_idx is not None:
+        if class_value is not None:
             print("warn: --class=lbl ignored when running on an unconditional network")
         return label
-    if class_idx is None:
+    if class_value is None:
         raise click.UsageError("Must specify class label with --class when using a conditional network")
-    if not 0 <= class_idx < G.c_dim:
-        raise click.UsageError(f"--class={class_idx} is out of range for a network with {G.c_dim} classes")
+    try:
+        class_idx = inference.class_index(class_value, G.c_dim, class_names)
+    except inference.ClassLabelError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if class_names is not None and class_value in class_names and class_names.index(class_value) != class_idx:
+        print(
+            f"warn: --class={class_value} is taken as a class index ({class_names[class_idx]!r}); "
+            f"the class named {class_value!r} has index {class_names.index(class_value)}"
+        )
     label[:, class_idx] = 1
     return label
 
 
 def save_png(img: torch.Tensor, path: str) -> None:
-    """Generator output `[1, C, H, W]` -> 8-bit PNG (x * 127.5 + 128, clamped, truncated; 1 or 3 channels)."""
+    """Generator output `[1, C, H, W]` -> 8-bit PNG (x * 127.5 + 128, clamped, truncated; 1, 3 or 4 channels)."""
     with cli.errors_as_messages(images.ImageChannelsError):
         images.to_pil(images.generator_to_hwc(img)[0]).save(path)
 
@@ -101,9 +120,16 @@ def direction_edit(G, direction: str | None, strength: float | None):
 
 @click.command()
 @click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
-@click.option("--seeds", type=cli.NumRange(seed=True), help="Seeds to render, e.g. 0-7 or 3,14,15")
+@click.option(
+    "--seeds", type=cli.NumRange(seed=True), callback=require_values, help="Seeds to render, e.g. 0-7 or 3,14,15"
+)
 @cli.truncation_option()
-@click.option("--class", "class_idx", type=int, help="Class index for conditional networks")
+@click.option(
+    "--class",
+    "class_value",
+    help="Class of conditional networks: an index, or a class name the training set recorded",
+    metavar="INDEX|NAME",
+)
 @cli.noise_mode_option()
 @click.option(
     "--projected-w",
@@ -118,6 +144,8 @@ def direction_edit(G, direction: str | None, strength: float | None):
 )
 @click.option("--strength", type=cli.FiniteFloat(), help="How far to move along --direction (w units, may be < 0)")
 @click.option("--outdir", help="Folder for the PNG files", type=str, required=True, metavar="DIR")
+@cli.device_option()
+@cli.trust_pickle_option()
 @torch.no_grad()
 def generate_images(
     network_pkl: str,
@@ -125,16 +153,19 @@ def generate_images(
     truncation_psi: float,
     noise_mode: str,
     outdir: str,
-    class_idx: int | None,
+    class_value: str | None,
     projected_w: str | None,
     direction: str | None,
     strength: float | None,
+    device: str,
+    trust_pickle: bool,
 ):
     """Render images from a network pickle (file name or URL; the G_ema network is used).
 
     Each seed of --seeds (a range such as 0-5, or a list such as 3,14,15) gives one latent
     z = RandomState(seed).randn(z_dim), rendered with truncation --trunc and saved as <outdir>/seedNNNN.png.
-    Conditional networks need --class. With --projected-w (a projector.py result), every W vector of the file
+    Conditional networks need --class: a class index, or a class name when the training set recorded names
+    (dataset_tool.py --subfolders-as-labels). With --projected-w (a projector.py result), every W vector of the file
     is rendered instead and saved as <outdir>/projNN.png.
 
     \b
@@ -142,6 +173,7 @@ def generate_images(
       python generate.py --network=snapshot.pkl --seeds=0-7 --outdir=out
       python generate.py --network=snapshot.pkl --seeds=3,14,15 --trunc=0.7 --outdir=out
       python generate.py --network=cifar10.pkl --seeds=0-15 --class=4 --outdir=out
+      python generate.py --network=animals.pkl --seeds=0-15 --class=cats --device=cpu --outdir=out
       python generate.py --network=snapshot.pkl --projected-w=out/projected_w.npz --outdir=out
       python generate.py --network=snapshot.pkl --seeds=0-7 --direction=sefa/directions.npz:0 --strength=3 \\
           --outdir=out
@@ -149,10 +181,12 @@ def generate_images(
     --direction moves the w rows the file lists: all of them, or those of the layers sefa.py --layers chose.
     """
     cli.check_outdir(outdir)
+    with cli.errors_as_messages(DeviceError):
+        device = resolve_device(device)
     print(f'Loading networks from "{network_pkl}"...')
-    device = default_device()
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        G = pickles.load_network_from(network_pkl)["G_ema"].to(device)
+        snapshot = pickles.load_network_from(network_pkl, allow_code=trust_pickle)
+    G = inference.run_float32_off_cuda(snapshot["G_ema"].to(device), device)
     edit = direction_edit(G, direction, strength)
     cli.make_outdir(outdir)
 
@@ -163,7 +197,7 @@ def generate_images(
         return
     if seeds is None:
         raise click.UsageError("--seeds option is required when not using --projected-w")
-    label = make_label(G, class_idx, device)
+    label = make_label(G, class_value, inference.class_names_of(snapshot), device)
     render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device, edit)
 
 
