@@ -9,7 +9,7 @@ import tqdm
 from dnnlib import cli
 from torch_utils import images
 from torch_utils.launch import DeviceError, resolve_device
-from training import pickles, video
+from training import inference, pickles, video
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -167,6 +167,7 @@ def main(
     print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
         G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"].to(device)
+    G = inference.run_float32_off_cuda(G, device)
     with cli.errors_as_messages(images.ImageChannelsError):
         images.check_channels(G.img_channels)
     if output is not None and G.img_channels == 4:

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from dnnlib import atomic, cli
 from torch_utils import images
 from torch_utils.launch import DeviceError, resolve_device
-from training import pickles, sefa, video
+from training import inference, pickles, sefa, video
 
 DIRECTIONS_FILE = "directions.npz"
 GRID_FILE = "grid.png"
@@ -143,6 +143,7 @@ def main(
     print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
         G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"].to(device)
+    G = inference.run_float32_off_cuda(G, device)
     if k > G.w_dim:
         raise click.UsageError(f"--k={k}: the network has only w_dim={G.w_dim} directions")
     directions, rows = save_directions(G, layers, outdir)
