@@ -14,13 +14,6 @@ from training import inference, pickles, sefa
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def require_values(ctx, param, value):
-    """Click callback: an option whose range names no value (e.g. `--seeds=5-3`) is a usage error, not a no-op."""
-    if value is not None and len(value) == 0:
-        raise click.BadParameter("the range names no value (in a-b, b must not be less than a)", ctx, param)
-    return value
-
-
 def seed_to_z(seed: int, z_dim: int) -> np.ndarray:
     """Latent [1, z_dim] float64 from numpy's legacy Mersenne-Twister generator seeded with `seed`."""
     return np.random.RandomState(seed).randn(1, z_dim)
@@ -120,9 +113,7 @@ def direction_edit(G, direction: str | None, strength: float | None):
 
 @click.command()
 @click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
-@click.option(
-    "--seeds", type=cli.NumRange(seed=True), callback=require_values, help="Seeds to render, e.g. 0-7 or 3,14,15"
-)
+@click.option("--seeds", type=cli.NumRange(seed=True), help="Seeds to render, e.g. 0-7 or 3,14,15")
 @cli.truncation_option()
 @click.option(
     "--class",

@@ -67,13 +67,6 @@ def make_grid(mixed: dict, row_seeds, col_seeds) -> PIL.Image.Image:
     return canvas
 
 
-def require_values(ctx, param, value):
-    """Click callback: an empty range (e.g. `--rows=5-3`) is a usage error, not a grid without those seeds."""
-    if value is not None and len(value) == 0:
-        raise click.BadParameter("the range names no value (in a-b, b must not be less than a)", ctx, param)
-    return value
-
-
 def check_styles(col_styles: list[int], num_ws: int):
     """Every --styles index must address one of the network's W layers (negative indices count from the end)."""
     bad_styles = [idx for idx in col_styles if not -num_ws <= idx < num_ws]
@@ -95,7 +88,6 @@ def check_styles(col_styles: list[int], num_ws: int):
     "--rows",
     "row_seeds",
     type=cli.NumRange(seed=True),
-    callback=require_values,
     help="Seeds of the grid rows (they keep the unlisted layers)",
     required=True,
 )
@@ -103,7 +95,6 @@ def check_styles(col_styles: list[int], num_ws: int):
     "--cols",
     "col_seeds",
     type=cli.NumRange(seed=True),
-    callback=require_values,
     help="Seeds of the grid columns (they give the --styles layers)",
     required=True,
 )
@@ -111,7 +102,6 @@ def check_styles(col_styles: list[int], num_ws: int):
     "--styles",
     "col_styles",
     type=cli.NumRange(),
-    callback=require_values,
     help="W layers taken from the column seed",
     default="0-6",
     show_default=True,

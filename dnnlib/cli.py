@@ -157,7 +157,11 @@ def parse_num_range(text: str, seed: bool = False) -> list[int]:
 
 
 class NumRange(click.ParamType):
-    """A `parse_num_range` option value (`--seeds 0-7`, `--styles 0,1,2`); `seed=True` range-checks seeds."""
+    """A `parse_num_range` option value (`--seeds 0-7`, `--styles 0,1,2`); `seed=True` range-checks seeds.
+
+    A range that names no value (`5-3`) is a usage error: every option of this type selects what to compute, so an
+    empty one would silently do nothing.
+    """
 
     name = "num_range"
 
@@ -168,9 +172,12 @@ class NumRange(click.ParamType):
         if isinstance(value, list):
             return value
         try:
-            return parse_num_range(value, seed=self.seed)
+            values = parse_num_range(value, seed=self.seed)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if not values:
+            self.fail("the range names no value (in a-b, b must not be less than a)", param, ctx)
+        return values
 
 
 class FiniteFloat(click.types.FloatParamType):
