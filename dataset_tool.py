@@ -332,7 +332,7 @@ def _decode_lsun_value(value: bytes, cv2) -> np.ndarray:
         image = cv2.imdecode(np.frombuffer(value, dtype=np.uint8), cv2.IMREAD_COLOR)
         if image is not None:
             return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
-        return _decode_with_pil(io.BytesIO(value))
+        return _decode_with_pil(io.BytesIO(value), "the LMDB entry")
     # Stand-in for OpenCV's forced 3-channel colour decoding.
     with PIL.Image.open(io.BytesIO(value)) as img:
         return np.array(img.convert("RGB"))
