@@ -1029,7 +1029,6 @@ def main(
     the source images have it; --channels=1 or 3 composites RGBA over black, --channels=4 adds an opaque alpha.
 
     \b
-    \b
     Example, class-labelled folders (data/cats/*.png, data/dogs/*.png) as a 2:1 RGBA dataset:
       python dataset_tool.py --source=data --dest=~/datasets/pets.zip --subfolders-as-labels \\
           --transform=center-crop --width=256 --height=128 --channels=4
