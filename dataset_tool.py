@@ -1008,8 +1008,9 @@ def main(
       folder   created if absent; must be empty if it exists
 
     The output holds uncompressed PNGs named NNNNN/imgNNNNNNNN.png (1000 per sub-folder) and a dataset.json at its
-    root. Output is written under a temporary name beside --dest and moved into place at the end, so a failed
-    run leaves no partial dataset.
+    root. Output is written under a hidden temporary name beside --dest (or inside it, for an existing empty
+    folder) and moved into place at the end, so a failed run leaves no partial dataset; what a killed run leaves
+    behind is removed by the next run to the same --dest.
 
     \b
     dataset.json has the form
