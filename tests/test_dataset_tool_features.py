@@ -12,11 +12,13 @@ import zipfile
 import numpy as np
 import PIL.Image
 import pytest
+from click.testing import CliRunner
 from conftest import REPO_ROOT
 from test_dataset_guards import _declare_member_size, _png_header_only
 from test_dataset_tool import assert_no_leftovers, decode, random_image, read_output, run_tool, save_image
 
 import dataset_tool
+import train
 from training.dataset import ImageFolderDataset
 
 fcntl = pytest.importorskip("fcntl")  # the staging locks are POSIX flock locks
@@ -76,6 +78,10 @@ def test_killed_run_inside_empty_folder_is_recognised_and_removed(tmp_path):
     # The reader refuses the partial dataset, naming the leftover ...
     with pytest.raises(OSError, match=rf"'{dest / leftover}' is the hidden staging folder of a dataset_tool\.py run"):
         ImageFolderDataset(str(dest))
+    # train.py --data says so in one line before anything starts.
+    result = CliRunner().invoke(train.main, [f"--outdir={tmp_path / 'runs'}", f"--data={dest}", "--dry-run"])
+    assert result.exit_code == 2 and f"--data: '{dest / leftover}' is the hidden staging folder" in result.output
+    assert "Traceback" not in result.output
     # ... and a rerun removes it (its run is gone) instead of saying that the folder is not empty.
     result = run_tool("--source", tmp_path / "src", "--dest", dest)
     assert result.exit_code == 0, result.stdout
