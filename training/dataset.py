@@ -13,8 +13,9 @@ that treat dataset problems as I/O errors, like `train.py --data`, report it as 
 while opening the dataset for everything that is cheap to check there (missing path, not a directory or
 ZIP, unreadable ZIP, no images, the first image's decoding / dtype / shape / `resolution`, and, when
 `use_labels` is set, the whole of `dataset.json`), and otherwise when the item is read (a later image that
-is corrupt, truncated, not 8-bit, not square power-of-two, or whose resolution or channel count differs
-from the first image). The messages for the three conditions the reference reports start with the
+is corrupt, truncated, too large, not 8-bit, without power-of-two sides of an aspect ratio up to 4:1, or
+whose size or channel count differs from the first image). Its `str()` is that one line also when a
+DataLoader worker process raised it. The messages for the three conditions the reference reports start with the
 reference wording: "Path must point to a directory or zip", "No image files found in the specified path"
 and "Image files do not match the specified resolution".
 """
@@ -382,15 +383,18 @@ class ImageFolderDataset(Dataset):
     """Images from a directory tree or a ZIP archive, with optional labels from a root `dataset.json`.
 
     Images are the files with a Pillow-registered extension, in plain string order of their relative
-    names. The raw shape comes from the first image; every image must be 8-bit, square with a power-of-two
-    side and of the same shape as the first. PNGs are decoded with pyspng when it is installed, other files
+    names; hidden entries (a path component starting with '.') never count. The raw shape comes from the
+    first image; every image must be 8-bit, with power-of-two sides (square, or non-square up to 1:4 / 4:1),
+    and of the same shape as the first. PNGs are decoded with pyspng when it is installed, other files
     with Pillow without mode conversion, except that palette images (P, PA) become RGB, as pyspng makes them.
+    Sizes are checked before reading and decoding (MAX_IMAGE_FILE_BYTES, images.MAX_IMAGE_PIXELS).
     `dataset.json` holds `{"labels": [[relative_name, label], ...]}` (or `null`), where every label
-    is a non-negative integer class index, or every label is a list of numbers of one common length.
+    is a class index 0 .. MAX_CLASSES - 1, or every label is a list of finite float32 numbers of one common
+    length, and optionally `"class_names"` (see `class_names`); other keys are ignored.
 
     Args:
         path:       directory or `.zip` file.
-        resolution: expected image side; None accepts the first image's.
+        resolution: expected image side (the longer side for non-square images); None accepts the first image's.
         **base_kwargs: `max_size`, `use_labels`, `xflip`, `random_seed` (see `Dataset`).
     """
 
