@@ -590,9 +590,14 @@ def make_transform(transform: str | None, width: int | None, height: int | None,
 
 def _lock(path: str) -> int | None:
     """An open descriptor of `path` holding an exclusive lock, or None where locks are not available."""
+    return None if fcntl is None else _lock_fd(os.open(path, os.O_RDONLY))
+
+
+def _lock_fd(fd: int) -> int | None:
+    """Lock the open descriptor `fd` (kept open for the lock's lifetime); without locks, close it and return None."""
     if fcntl is None:
+        os.close(fd)
         return None
-    fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
@@ -729,9 +734,8 @@ class StagedDestination:
         prefix = "." + os.path.basename(self.dest) + "."
         if self.is_zip:
             fd, self.temp = tempfile.mkstemp(dir=staging_dir, prefix=prefix, suffix=STAGING_SUFFIX)
-            os.close(fd)
+            self.lock_fd = _lock_fd(fd)
             os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's private 0600 is not meant for the result
-            self.lock_fd = _lock(self.temp)
             self.archive = zipfile.ZipFile(self.temp, mode="w", compression=zipfile.ZIP_STORED)
         elif stage_inside:
             self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX)
