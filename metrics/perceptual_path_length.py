@@ -66,7 +66,7 @@ class PPLSampler(torch.nn.Module):
         if factor > 1:
             img = img.unflatten(3, (-1, factor)).unflatten(2, (-1, factor)).mean([3, 5])
         img = (img + 1) * (255 / 2)
-        return metric_utils.tile_to_rgb(img)
+        return metric_utils.detector_rgb(img)
 
     def forward(self, c):
         """`c`: labels `[B, c_dim]` on the device. Random draws, in order: t, z pair, noise buffers."""
