@@ -22,7 +22,7 @@ def parse_grid(ctx, param, value: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def check_options(seeds, projected_w, space, class_idx, output, frames_dir) -> None:
+def check_options(seeds, projected_w, space, class_value, output, frames_dir) -> None:
     """Refuse the combinations of options that have no meaning, before the network is loaded."""
     if (output is None) == (frames_dir is None):
         raise click.UsageError("give exactly one of --output (an mp4) and --frames-dir (PNG frames)")
@@ -30,7 +30,7 @@ def check_options(seeds, projected_w, space, class_idx, output, frames_dir) -> N
         raise click.UsageError("give exactly one of --seeds (z keyframes) and --projected-w (w keyframes)")
     if projected_w and space == "z":
         raise click.UsageError("--space=z needs --seeds: --projected-w files hold w vectors, which have no z")
-    if projected_w and class_idx is not None:
+    if projected_w and class_value is not None:
         raise click.UsageError("--class applies to --seeds only: --projected-w files already hold w vectors")
     if output is not None:
         with cli.errors_as_messages(video.VideoError):
@@ -40,18 +40,12 @@ def check_options(seeds, projected_w, space, class_idx, output, frames_dir) -> N
         cli.check_outdir(frames_dir, "--frames-dir")
 
 
-def make_label(G, class_idx: int | None, device: torch.device) -> torch.Tensor:
-    """One-hot label [1, c_dim] (width 0 for unconditional networks, where --class only gets a warning)."""
-    label = torch.zeros([1, G.c_dim], device=device)
-    if G.c_dim == 0:
-        if class_idx is not None:
-            print("warn: --class is ignored: the network is unconditional")
-        return label
-    if class_idx is None:
-        raise click.UsageError(f"the network is conditional ({G.c_dim} classes): give --class")
-    if not 0 <= class_idx < G.c_dim:
-        raise click.UsageError(f"--class={class_idx} is out of range for a network with {G.c_dim} classes")
-    label[:, class_idx] = 1
+def make_label(G, class_value: str | None, class_names: list[str] | None, device: torch.device) -> torch.Tensor:
+    """One-hot label [1, c_dim] for `--class` (an index, or a name the snapshot recorded); width 0 if unconditional."""
+    with cli.usage_errors(inference.ClassLabelError):
+        label, warning = inference.class_label(G.c_dim, class_value, class_names, device)
+    if warning is not None:
+        print(warning)
     return label
 
 
@@ -107,7 +101,7 @@ def keyframe_latents(G, seeds, projected_w, space, grid, num_keyframes, shuffle_
 )
 @click.option("--loop/--no-loop", default=True, show_default=True, help="Return to the first keyframe at the end")
 @cli.truncation_option()
-@click.option("--class", "class_idx", type=int, help="Class index for conditional networks")
+@cli.class_option()
 @cli.noise_mode_option()
 @click.option(
     "--fps",
@@ -133,7 +127,7 @@ def main(
     easing,
     loop,
     truncation_psi,
-    class_idx,
+    class_value,
     noise_mode,
     fps,
     output,
@@ -161,18 +155,18 @@ def main(
       python gen_video.py --network=snapshot.pkl --projected-w=a/projected_w.npz --projected-w=b/projected_w.npz \\
           --frames-dir=frames
     """
-    check_options(seeds, projected_w, space, class_idx, output, frames_dir)
+    check_options(seeds, projected_w, space, class_value, output, frames_dir)
     with cli.errors_as_messages(DeviceError):
         device = resolve_device(device)
     print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"].to(device)
-    G = inference.run_float32_off_cuda(G, device)
+        snapshot = pickles.load_network_from(network_pkl, allow_code=trust_pickle)
+    G = inference.run_float32_off_cuda(snapshot["G_ema"].to(device), device)
     with cli.errors_as_messages(images.ImageChannelsError):
         images.check_channels(G.img_channels)
     if output is not None and G.img_channels == 4:
         print("warn: an mp4 has no alpha channel: the video shows the RGB channels; --frames-dir keeps the alpha")
-    label = make_label(G, class_idx, device) if seeds is not None else None
+    label = make_label(G, class_value, inference.class_names_of(snapshot), device) if seeds is not None else None
     keyframes = keyframe_latents(
         G, seeds, projected_w, space, grid, num_keyframes, shuffle_seed, label, truncation_psi, device
     )

@@ -49,23 +49,10 @@ def load_projected_w(path: str, G) -> torch.Tensor:
 
 def make_label(G, class_value: str | None, class_names: list[str] | None, device: torch.device) -> torch.Tensor:
     """One-hot label [1, c_dim] for `--class` (an index, or a name the snapshot recorded); width 0 if unconditional."""
-    label = torch.zeros([1, G.c_dim], device=device)
-    if G.c_dim == 0:
-        if class_value is not None:
-            print("warn: --class=lbl ignored when running on an unconditional network")
-        return label
-    if class_value is None:
-        raise click.UsageError("Must specify class label with --class when using a conditional network")
-    try:
-        class_idx = inference.class_index(class_value, G.c_dim, class_names)
-    except inference.ClassLabelError as exc:
-        raise click.UsageError(str(exc)) from exc
-    if class_names is not None and class_value in class_names and class_names.index(class_value) != class_idx:
-        print(
-            f"warn: --class={class_value} is taken as a class index ({class_names[class_idx]!r}); "
-            f"the class named {class_value!r} has index {class_names.index(class_value)}"
-        )
-    label[:, class_idx] = 1
+    with cli.usage_errors(inference.ClassLabelError):
+        label, warning = inference.class_label(G.c_dim, class_value, class_names, device)
+    if warning is not None:
+        print(warning)
     return label
 
 
@@ -115,12 +102,7 @@ def direction_edit(G, direction: str | None, strength: float | None):
 @click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
 @click.option("--seeds", type=cli.NumRange(seed=True), help="Seeds to render, e.g. 0-7 or 3,14,15")
 @cli.truncation_option()
-@click.option(
-    "--class",
-    "class_value",
-    help="Class of conditional networks: an index, or a class name the training set recorded",
-    metavar="INDEX|NAME",
-)
+@cli.class_option()
 @cli.noise_mode_option()
 @click.option(
     "--projected-w",

@@ -18,7 +18,7 @@ DIRECTIONS_FILE = "directions.npz"
 GRID_FILE = "grid.png"
 VIDEO_FILE = "edits.mp4"
 # Options that only matter when seeds are rendered.
-RENDER_OPTIONS = ("k", "degrees", "steps", "truncation_psi", "class_idx", "noise_mode", "save_video", "fps", "frames")
+RENDER_OPTIONS = ("k", "degrees", "steps", "truncation_psi", "class_value", "noise_mode", "save_video", "fps", "frames")
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -34,15 +34,8 @@ def check_render_options(seeds) -> None:
         raise click.UsageError(f"{option} shapes the pictures of the edits: give --seeds to render them")
 
 
-def seed_ws(G, seeds: list[int], class_idx: int | None, truncation_psi: float, device) -> torch.Tensor:
-    """ws [len(seeds), num_ws, w_dim] of the seeds' z (RandomState(seed).randn(z_dim)), truncated."""
-    label = torch.zeros([1, G.c_dim], device=device)
-    if G.c_dim == 0 and class_idx is not None:
-        print("warn: --class is ignored: the network is unconditional")
-    elif G.c_dim != 0:
-        if class_idx is None or not 0 <= class_idx < G.c_dim:
-            raise click.UsageError(f"the network is conditional: give --class with a value in 0-{G.c_dim - 1}")
-        label[:, class_idx] = 1
+def seed_ws(G, seeds: list[int], label: torch.Tensor, truncation_psi: float, device) -> torch.Tensor:
+    """ws [len(seeds), num_ws, w_dim] of the seeds' z (RandomState(seed).randn(z_dim)) with `label`, truncated."""
     z = torch.from_numpy(video.seed_latents(seeds, G.z_dim)).to(device=device, dtype=torch.float32)
     return video.map_z(G, z, label, truncation_psi)
 
@@ -85,7 +78,7 @@ def save_grid(path: str, grid: np.ndarray) -> None:
     "--steps", type=click.IntRange(min=2), default=7, show_default=True, help="Grid columns from -degrees to +degrees"
 )
 @cli.truncation_option()
-@click.option("--class", "class_idx", type=int, help="Class index for conditional networks")
+@cli.class_option()
 @cli.noise_mode_option()
 @click.option(
     "--video", "save_video", is_flag=True, help=f"Also write {VIDEO_FILE}: the edits swinging -degrees .. +degrees"
@@ -110,7 +103,7 @@ def main(
     degrees,
     steps,
     truncation_psi,
-    class_idx,
+    class_value,
     noise_mode,
     save_video,
     fps,
@@ -142,8 +135,8 @@ def main(
         device = resolve_device(device)
     print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"].to(device)
-    G = inference.run_float32_off_cuda(G, device)
+        snapshot = pickles.load_network_from(network_pkl, allow_code=trust_pickle)
+    G = inference.run_float32_off_cuda(snapshot["G_ema"].to(device), device)
     if k > G.w_dim:
         raise click.UsageError(f"--k={k}: the network has only w_dim={G.w_dim} directions")
     directions, rows = save_directions(G, layers, outdir)
@@ -151,7 +144,11 @@ def main(
         return
     with cli.errors_as_messages(images.ImageChannelsError):
         images.check_channels(G.img_channels)
-    ws = seed_ws(G, seeds, class_idx, truncation_psi, device)
+    with cli.usage_errors(inference.ClassLabelError):
+        label, warning = inference.class_label(G.c_dim, class_value, inference.class_names_of(snapshot), device)
+    if warning is not None:
+        print(warning)
+    ws = seed_ws(G, seeds, label, truncation_psi, device)
     top = directions[:k]
     grid = sefa.render_edit_grid(G, ws, top, rows, np.linspace(-degrees, degrees, steps), noise_mode)
     save_grid(os.path.join(outdir, GRID_FILE), grid)

@@ -47,6 +47,16 @@ def noise_mode_option():
     )
 
 
+def class_option():
+    """`--class` -> parameter `class_value` (a string): a class index, or a class name the training set recorded."""
+    return click.option(
+        "--class",
+        "class_value",
+        help="Class of conditional networks: an index, or a class name the training set recorded",
+        metavar="INDEX|NAME",
+    )
+
+
 def trust_pickle_option():
     """`--trust-pickle` -> parameter `trust_pickle` (a flag): let a network pickle run the code it carries."""
     return click.option(
@@ -121,6 +131,15 @@ def errors_as_messages(*error_types: type[BaseException], prefix: str = "") -> I
         yield
     except error_types as exc:
         raise click.ClickException(f"{prefix}{exc}") from exc
+
+
+@contextlib.contextmanager
+def usage_errors(*error_types: type[BaseException]) -> Iterator[None]:
+    """Inside the block, an error of one of `error_types` is a usage error (click's `Error:` line, exit status 2)."""
+    try:
+        yield
+    except error_types as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -258,7 +258,10 @@ def test_cubic_loop_is_nvidias_spline():
 
 def test_conditional_network_needs_class(tmp_path_factory, tmp_path):
     pkl, G = _snapshot(tmp_path_factory, "cond", c_dim=3, seed=4)
-    one_line_error(run_cli("--network", pkl, "--seeds", "0", "--frames-dir", tmp_path / "f"), "give --class")
+    one_line_error(
+        run_cli("--network", pkl, "--seeds", "0", "--frames-dir", tmp_path / "f"),
+        "Must specify class label with --class",
+    )
     args = ["--network", pkl, "--seeds", "0,1", "--w-frames", 2, "--space", "z", "--class", 2]
     ok(run_cli(*args, "--frames-dir", tmp_path / "f"))
     label = torch.zeros([1, 3])

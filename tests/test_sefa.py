@@ -205,3 +205,14 @@ def test_generate_direction_edits_projected_w(net, directions, tmp_path):
     for idx in range(2):
         expected = render(G, (ws[idx : idx + 1] + 2.5 * second).to(G.mapping.w_avg.device))
         assert_same_image(read_png(tmp_path / "o" / f"proj{idx:02d}.png"), expected)
+
+
+def test_conditional_networks_take_the_class_by_index_or_recorded_name(tmp_path):
+    pkl = tmp_path / "cond.pkl"
+    build_snapshot(pkl, c_dim=3, img_resolution=RES)
+    args = ["--network", pkl, "--seeds", "1", "--k", "1", "--steps", "3"]
+    one_line_error(run(sefa.main, *args, "--outdir", tmp_path / "a"), "Must specify class label with --class")
+    one_line_error(run(sefa.main, *args, "--class", "cats", "--outdir", tmp_path / "b"), "recorded no class names")
+    result = run(sefa.main, *args, "--class", "2", "--outdir", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert read_png(tmp_path / "c" / "grid.png").shape[1] == 3 * RES

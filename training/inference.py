@@ -1,6 +1,6 @@
 """What the tools that run a trained generator share: device preparation, class labels, the output image shape.
 
-Used by generate.py, style_mixing.py, projector.py and calc_metrics.py (and any later tool that renders images).
+Used by generate.py, style_mixing.py, projector.py, calc_metrics.py, gen_video.py and sefa.py.
 The functions take plain values and raise typed errors whose message is one line; the scripts turn them into
 `Error: ...` lines or usage errors. Imports: torch only.
 """
@@ -101,3 +101,27 @@ def class_index(value: str, c_dim: int, names: list[str] | None = None, option: 
     if text not in names:
         raise ClassLabelError(f"{option}={value} is not a class of this network; its classes are: {_listed(names)}")
     return names.index(text)
+
+
+def class_label(
+    c_dim: int, value: str | None, names: list[str] | None, device: torch.device
+) -> tuple[torch.Tensor, str | None]:
+    """`--class` -> (one-hot label [1, c_dim] on `device`, a warning to print or None).
+
+    Unconditional networks (c_dim 0) get an empty label, with a warning when a class was given anyway. Conditional
+    networks need a value: an index, or a name of `names` (see `class_index`). Raises ClassLabelError.
+    """
+    label = torch.zeros([1, c_dim], device=device)
+    if c_dim == 0:
+        return label, None if value is None else "warn: --class=lbl ignored when running on an unconditional network"
+    if value is None:
+        raise ClassLabelError("Must specify class label with --class when using a conditional network")
+    index = class_index(value, c_dim, names)
+    warning = None
+    if names is not None and value in names and names.index(value) != index:
+        warning = (
+            f"warn: --class={value} is taken as a class index ({names[index]!r}); "
+            f"the class named {value!r} has index {names.index(value)}"
+        )
+    label[:, index] = 1
+    return label, warning
