@@ -279,14 +279,40 @@ class _Dispatch(dict):
         raise _invalid_load_key(key)
 
 
+class _Reader:
+    """File wrapper that notices short reads: after a failure, `short` tells truncated data from corrupt data."""
+
+    def __init__(self, file):
+        self.file = file
+        self.short = False
+
+    def read(self, size=-1):
+        data = self.file.read(size)
+        self.short |= size is not None and size >= 0 and len(data) < size
+        return data
+
+    def readline(self):
+        line = self.file.readline()
+        self.short |= not line.endswith(b"\n")
+        return line
+
+
 class SafeUnpickler(pickle._Unpickler):
-    """Unpickler that accepts only what `policy` allows (module docstring)."""
+    """Unpickler that accepts only what `policy` allows (module docstring).
+
+    After `load()` failed, `truncated` tells whether the data ended early (rather than being malformed).
+    """
 
     dispatch = _Dispatch(pickle._Unpickler.dispatch)
 
     def __init__(self, file, policy: Policy):
-        super().__init__(file)
+        self._reader = _Reader(file)
+        super().__init__(self._reader)
         self.policy = policy
+
+    @property
+    def truncated(self) -> bool:
+        return self._reader.short
 
     def find_class(self, module, name):
         if self.proto < 3 and self.fix_imports:  # names written by Python 2, as the standard unpickler maps them
