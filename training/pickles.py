@@ -217,7 +217,7 @@ def _unpickle_trusted(f):
 def _embedded_import_error(f, exc):
     """`UnsupportedNetworkError` for a trusted pickle whose code needs a module or name this project lacks."""
     meta = exc.meta if isinstance(exc.meta, dict) else {}
-    what = "its code"
+    what = "the network's code is not this project's"
     try:
         from training import rebuild
 

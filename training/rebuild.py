@@ -74,23 +74,23 @@ def own_source(module_name: str) -> str:
     return persistence._module_to_src(importlib.import_module(module_name))
 
 
-def identify(module_src, class_name) -> tuple:
-    """(module name, our class) for a persistent object of `class_name` whose module source is `module_src`."""
+def identify(module_src, class_name, what="the network") -> tuple:
+    """(module name, our class) for a persistent object `what` of `class_name` whose module source is `module_src`."""
     if not isinstance(module_src, str) or not isinstance(class_name, str):
-        raise UnsupportedNetworkError("it holds a persistent object without module source or class name")
+        raise UnsupportedNetworkError(f"{what} is a persistent object without module source or class name")
     defined = source_classes(module_src)
     for module_name, classes in project_classes().items():
         if class_name in classes and (module_src == own_source(module_name) or set(classes) <= defined):
             return module_name, classes[class_name]
     if _STYLEGAN3_CLASS in defined or _STYLEGAN3_OP in module_src:
         raise UnsupportedNetworkError(
-            f"it holds a StyleGAN3 network (class {class_name} of training/networks_stylegan3.py), which this "
+            f"{what} is a StyleGAN3 network (class {class_name} of training/networks_stylegan3.py), which this "
             "project does not support (it implements StyleGAN2-ADA)"
         )
     listed = ", ".join(sorted(defined)[:_MAX_LISTED_CLASSES]) + (", ..." if len(defined) > _MAX_LISTED_CLASSES else "")
     raise UnsupportedNetworkError(
-        f"it holds a {class_name} defined by code that is not one of this project's modules "
-        f"({', '.join(PROJECT_MODULES)}); that code defines {listed or 'no classes'}; not supported"
+        f"{what} is a {class_name} from code that is not one of this project's modules "
+        f"({', '.join(PROJECT_MODULES)}; that code defines {listed or 'no classes'}); not supported"
     )
 
 
@@ -147,7 +147,7 @@ def _check_child(child, pending, what):
         found = "nothing" if pending is None else f"a {type(pending).__name__}"
         raise NetworkMismatchError(f"{what}: the file has {found}, this project's code a {type(child).__name__}")
     meta = pending.meta
-    _module_name, cls = identify(meta.get("module_src"), meta.get("class_name"))
+    _module_name, cls = identify(meta.get("module_src"), meta.get("class_name"), what)
     if cls is not type(child):
         raise NetworkMismatchError(
             f"{what}: the file has a {meta.get('class_name')}, this project's code a {type(child).__name__}"
@@ -201,7 +201,7 @@ def _prepared_meta(meta, what):
 def rebuild(pending: PendingObject, what: str, notes: set):
     """Our object for one pending persistent object; adds to `notes` the modules whose embedded source differs."""
     meta = _prepared_meta(pending.meta, what)
-    module_name, cls = identify(meta.module_src, meta.class_name)
+    module_name, cls = identify(meta.module_src, meta.class_name, what)
     if not issubclass(cls, torch.nn.Module):
         raise UnsupportedNetworkError(f"{what}: {meta.class_name} is not a torch.nn.Module")
     state = _meta_state(meta, what)
