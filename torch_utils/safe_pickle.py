@@ -228,7 +228,15 @@ def _load_storage(data):
     `torch.save` file, which the original reads with full unpickling)."""
     if type(data) is not bytes:
         raise RefusedPickleError(f"it rebuilds a tensor storage from {_describe(data)}")
-    return torch.load(io.BytesIO(data), weights_only=True)
+    try:
+        storage = torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(exc).__name__)
+        raise RefusedPickleError(f"its tensor storage bytes hold more than a storage ({reason})") from exc
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise RefusedPickleError(f"its tensor storage bytes hold {_describe(storage)}")
+    return storage
 
 
 def _check_no_hooks(hooks):

@@ -351,9 +351,10 @@ def _read_error(url: str, exc: OSError) -> NetworkPickleReadError:
     url_of_name = NAMED_NETWORKS.get(url)
     reason = " ".join(str(exc).split())
     if url_of_name is not None:
+        cause = exc.__cause__ or exc
         return NetworkPickleReadError(
-            f"Cannot download the network {url} ({url_of_name}): {type(exc.__cause__ or exc).__name__}; "
-            f"offline, save the file as {dnnlib.util.url_cache_path(url_of_name)} or pass its local path"
+            f"Cannot download the network {url} ({url_of_name}): {type(cause).__name__}: {' '.join(str(cause).split())}"
+            f"; offline, save the file as {dnnlib.util.url_cache_path(url_of_name)} or pass its local path"
         )
     if not dnnlib.util.is_url(url, allow_file_urls=True) and not os.path.exists(url) and os.sep not in url:
         names = ", ".join(NAMED_NETWORKS)
