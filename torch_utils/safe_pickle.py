@@ -357,17 +357,22 @@ class SafeUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError("REDUCE argument is not a tuple")
         self.stack[-1] = self.stack[-1](*args)
 
+    def _check_class(self, cls):
+        self._check_callable(cls)
+        if not isinstance(cls, type):
+            raise pickle.UnpicklingError("NEWOBJ class argument isn't a type object")
+
     def load_newobj(self):
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._check_callable(cls)
+        self._check_class(cls)
         self.append(cls.__new__(cls, *args))
 
     def load_newobj_ex(self):
         kwargs = self.stack.pop()
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._check_callable(cls)
+        self._check_class(cls)
         self.append(cls.__new__(cls, *args, **kwargs))
 
     def load_build(self):

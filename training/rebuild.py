@@ -22,7 +22,7 @@ import torch
 
 import dnnlib
 from torch_utils import persistence
-from training.pickles import NetworkMismatchError, UnsupportedNetworkError
+from training.pickles import NetworkMismatchError, UnsupportedNetworkError, UnsupportedPickleError
 
 # The modules whose persistent classes snapshots hold (networks with their layers, the augmentation pipeline).
 PROJECT_MODULES = ("training.networks", "training.augment")
@@ -30,6 +30,8 @@ PROJECT_MODULES = ("training.networks", "training.augment")
 _STYLEGAN3_CLASS = "SynthesisInput"
 _STYLEGAN3_OP = "filtered_lrelu"
 _MAX_LISTED_CLASSES = 6
+# Deeper containers than any snapshot has (a crafted file could otherwise exhaust the recursion limit).
+_MAX_NESTING = 64
 
 
 class PendingObject:
@@ -212,22 +214,26 @@ def rebuild(pending: PendingObject, what: str, notes: set):
     return obj
 
 
-def rebuild_pending(data, notes: set, what: str = "", _memo=None):
+def rebuild_pending(data, notes: set, what: str = "", _memo=None, _depth=0):
     """`data` with every `PendingObject` inside dicts, lists and tuples replaced by its rebuilt object."""
     memo = {} if _memo is None else _memo
+    if _depth > _MAX_NESTING:
+        where = what.split("[")[0] or "the data"
+        raise UnsupportedPickleError(f"not a network pickle ({where}: containers nested more than {_MAX_NESTING} deep)")
+    depth = _depth + 1
     if isinstance(data, PendingObject):
         if id(data) not in memo:
             memo[id(data)] = rebuild(data, what or "the network", notes)
         return memo[id(data)]
     if isinstance(data, dict):
         for key, value in data.items():
-            data[key] = rebuild_pending(value, notes, str(key) if not what else f"{what}[{key!r}]", memo)
+            data[key] = rebuild_pending(value, notes, str(key) if not what else f"{what}[{key!r}]", memo, depth)
         return data
     if isinstance(data, list):
-        data[:] = [rebuild_pending(value, notes, f"{what}[{i}]", memo) for i, value in enumerate(data)]
+        data[:] = [rebuild_pending(value, notes, f"{what}[{i}]", memo, depth) for i, value in enumerate(data)]
         return data
     if type(data) is tuple:
-        return tuple(rebuild_pending(value, notes, f"{what}[{i}]", memo) for i, value in enumerate(data))
+        return tuple(rebuild_pending(value, notes, f"{what}[{i}]", memo, depth) for i, value in enumerate(data))
     return data
 
 
