@@ -3,6 +3,8 @@
 Crafted files of several kinds must never run their code (a marker file would appear) and must fail with one line
 naming the file; real snapshots (ours, reference-format ones that embed other source, with resume_state) must load
 in safe mode with bitwise-identical outputs; `.safetensors` round trips; `--trust-pickle` keeps the old behaviour.
+TensorFlow-era pickles are loaded in safe mode by tests/test_legacy_tf.py, resumed snapshots by
+tests/test_train_resume.py.
 """
 
 import copy
@@ -198,9 +200,17 @@ def test_embedded_source_payload_never_runs(tmp_path, marker, capsys):
     result = CliRunner().invoke(legacy.convert_network_pickle, [f"--source={path}", f"--dest={tmp_path / 'out.pkl'}"])
     assert result.exit_code == 0 and not marker.exists(), result.output
 
+    trusted_dest = tmp_path / "trusted.pkl"
+    result = CliRunner().invoke(
+        legacy.convert_network_pickle, [f"--source={path}", f"--dest={trusted_dest}", "--trust-pickle"]
+    )
+    assert result.exit_code == 0, result.output
+    assert marker.exists()  # --trust-pickle: the file's code ran, as in the reference
+    marker.unlink()
     trusted = _load_file(path, allow_code=True)
-    assert marker.exists()  # --trust-pickle / allow_code=True: the file's code ran, as in the reference
+    assert not marker.exists()  # that source already ran in this process (once per distinct source text)
     _assert_same_outputs(trusted, data)
+    _assert_same_outputs(_load_file(trusted_dest, allow_code=True), data)
 
 
 class _Reduce:
@@ -350,6 +360,8 @@ def test_safetensors_round_trip_gives_identical_images(tmp_path):
     assert meta["networks"]["G"]["init_kwargs"]["__dict__"]["z_dim"] == 8
 
     loaded = pickles.load_network_from(str(dest))
+    with open(dest, "rb") as f:  # as --resume reads it
+        _assert_same_outputs(pickles.load_network_pkl(f), data)
     assert list(loaded) == ["training_set_kwargs", "G", "D", "G_ema", "augment_pipe"]
     assert loaded["training_set_kwargs"] == data["training_set_kwargs"]
     for key in ("G", "D", "G_ema", "augment_pipe"):
