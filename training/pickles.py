@@ -21,7 +21,7 @@ import sys
 import torch
 
 import dnnlib
-from torch_utils import misc, safe_pickle
+from torch_utils import misc, persistence, safe_pickle
 
 # Keys every loaded pickle provides; the optional ones default to None when the pickle lacks them.
 _NETWORK_KEYS = ("G", "D", "G_ema")
@@ -101,8 +101,6 @@ class _EmbeddedCodeImportError(ImportError):
 
 def _reconstruct_trusted(meta):
     """`_reconstruct_persistent_obj`, with an import failure of the embedded source made recognisable."""
-    from torch_utils import persistence
-
     try:
         return persistence._reconstruct_persistent_obj(meta)
     except ImportError as exc:
