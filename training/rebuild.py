@@ -56,12 +56,16 @@ def project_classes() -> dict:
     return found
 
 
+# Parsed sources (a snapshot has one or two distinct ones; a few are kept for processes that load many files).
 _source_class_cache = {}
+_SOURCE_CACHE_SIZE = 8
 
 
 def source_classes(module_src: str) -> frozenset:
     """Names of the classes defined at the top level of `module_src` (parsed with `ast`, not run)."""
     if module_src not in _source_class_cache:
+        if len(_source_class_cache) >= _SOURCE_CACHE_SIZE:
+            _source_class_cache.clear()
         try:
             tree = ast.parse(module_src)
             names = frozenset(node.name for node in tree.body if isinstance(node, ast.ClassDef))
