@@ -30,6 +30,16 @@ from training.resume import rng_state
 BATCH = 2
 C_DIM = 2
 RES = 16
+# nn.Module state entries that PyTorch 1.7 (the reference's) did not write.
+NEWER_TORCH_HOOKS = (
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_pre_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+    "_is_full_backward_hook",
+)
 
 
 def _tiny_snapshot(with_resume_state=True):
@@ -182,6 +192,8 @@ def test_embedded_source_payload_never_runs(tmp_path, marker, capsys):
 
     def append_payload(meta):
         meta["module_src"] = meta["module_src"] + "\n" + _payload(marker) + "\n"
+        # As the PyTorch 1.7-era reference pickled modules: without the hook dictionaries of newer PyTorch.
+        meta["state"] = {key: value for key, value in meta["state"].items() if key not in NEWER_TORCH_HOOKS}
 
     path = tmp_path / "trojan.pkl"
     path.write_bytes(_pickle_bytes(data, append_payload, protocol=2))
@@ -369,6 +381,9 @@ def test_safetensors_round_trip_gives_identical_images(tmp_path):
         assert not loaded[key].training and all(not p.requires_grad for p in loaded[key].parameters())
     assert isinstance(loaded["G"].init_kwargs.mapping_kwargs, dnnlib.EasyDict)
     _assert_same_outputs(loaded, data)
+    back = tmp_path / "back.pkl"  # and back to a pickle, e.g. for the reference
+    assert CliRunner().invoke(legacy.convert_network_pickle, [f"--source={dest}", f"--dest={back}"]).exit_code == 0
+    _assert_same_outputs(_load_file(back, allow_code=True), data)
     # A network file with another class name is refused, and so is one whose tensors do not fit.
     payload = dest.read_bytes().replace(b"training.networks.Generator", b"training.networks.Foooooooo")
     (tmp_path / "bad.safetensors").write_bytes(payload)
