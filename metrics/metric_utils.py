@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import hashlib
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -23,7 +22,7 @@ import tqdm
 
 import dnnlib
 from dnnlib.atomic import atomic_pickle
-from torch_utils import misc
+from torch_utils import misc, safe_pickle
 from torch_utils.images import generator_to_uint8
 from torch_utils.launch import default_device
 
@@ -148,29 +147,10 @@ def get_feature_detector(url, device=_CPU, num_gpus=1, rank=0, verbose=False):
 # ----------------------------------------------------------------------------------------------------------------------
 # Feature statistics.
 
-# The globals a statistics cache file may name: what pickling numpy arrays needs (numpy >= 2 writes `numpy._core`,
-# numpy 1 and the reference's files `numpy.core`). Anything else would run code from the cache folder on load.
-_STATS_PICKLE_GLOBALS = {
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class _StatsUnpickler(pickle.Unpickler):
-    """Unpickler for `FeatureStats` files that refuses every global outside `_STATS_PICKLE_GLOBALS`."""
-
-    def __init__(self, file, file_name):
-        super().__init__(file)
-        self.file_name = file_name
-
-    def find_class(self, module, name):
-        if (module, name) not in _STATS_PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"{self.file_name}: expected feature statistics (plain values and numpy arrays), found a reference "
-                f"to {module}.{name}; delete the file to have it recomputed"
-            )
-        return super().find_class(module, name)
+# What a statistics cache file may contain: plain values, containers and NumPy arrays of numeric dtypes
+# (torch_utils.safe_pickle; NumPy 1 and the reference's files name `numpy.core`, NumPy 2 `numpy._core`). Anything
+# else would run code from the cache folder on load.
+_STATS_PICKLE_POLICY = safe_pickle.NUMPY | safe_pickle.BUILTINS
 
 
 class FeatureStats:
@@ -261,7 +241,13 @@ class FeatureStats:
     def load(pkl_file):
         """Restore statistics written by `save` (or by the reference); the file may hold only plain data and arrays."""
         with open(pkl_file, "rb") as f:
-            state = _StatsUnpickler(f, pkl_file).load()
+            try:
+                state = safe_pickle.load(f, _STATS_PICKLE_POLICY)
+            except safe_pickle.RefusedPickleError as exc:
+                raise safe_pickle.RefusedPickleError(
+                    f"{pkl_file}: expected feature statistics (plain values and numpy arrays), but {exc}; delete the "
+                    "file to have it recomputed"
+                ) from exc
         expected = list(vars(FeatureStats()))
         if not isinstance(state, dict) or not set(expected) <= set(state):
             found = sorted(state) if isinstance(state, dict) else type(state).__name__

@@ -1,4 +1,9 @@
-"""Tests for legacy.load_network_pkl (docs/compatibility.md, "Pickles") on hand-built reference-format pickles."""
+"""Tests for legacy.load_network_pkl (docs/compatibility.md, "Pickles") on hand-built reference-format pickles.
+
+The networks of these pickles (TinyGenerator, ...) exist only in their embedded source, so loading them must run that
+source: they test the trusted path (`allow_code=True`, `--trust-pickle`), which behaves as the reference's loader.
+File-level errors are checked in both modes; tests/test_safe_loading.py covers the default, safe mode.
+"""
 
 import collections
 import io
@@ -178,6 +183,7 @@ def _snapshot_bytes(synthesis_kwargs=None, d_kwargs=None, **extra):
 
 
 def _load(data, **kwargs):
+    kwargs.setdefault("allow_code", True)
     return legacy.load_network_pkl(io.BytesIO(data), **kwargs)
 
 
@@ -275,9 +281,9 @@ def test_validation_errors():
     assert issubclass(legacy.UnsupportedPickleError, RuntimeError)
 
 
-def _load_file(path):
+def _load_file(path, allow_code=True):
     with open(path, "rb") as f:
-        return legacy.load_network_pkl(f)
+        return legacy.load_network_pkl(f, allow_code=allow_code)
 
 
 @pytest.mark.parametrize(
@@ -297,12 +303,6 @@ def _load_file(path):
         ),
         pytest.param(pickle.dumps({"D": 1}), "a dict without the key 'G'", id="dict-without-G"),
         pytest.param(pickle.dumps(None), "a NoneType, not a dict", id="none"),
-        # A global that does not exist (a pickle of some other program).
-        pytest.param(
-            b"cno_such_module_xyz\nThing\n)R.",
-            "it needs no_such_module_xyz.Thing, which cannot be imported",
-            id="unknown-global",
-        ),
         # Malformed bytes that the unpickler itself rejects with other exception types.
         pytest.param(
             b"\x95\xa2\xe6Hs\xb2\xbe\x96\xef", "corrupt pickle data: OverflowError: FRAME length exceeds", id="frame"
@@ -310,24 +310,40 @@ def _load_file(path):
         pytest.param(b"\x83O\xc2\x96", "corrupt pickle data: ValueError: unregistered extension code", id="ext-code"),
     ],
 )
-def test_bad_files_raise_unsupported_pickle_error_naming_the_file(tmp_path, content, reason):
+@pytest.mark.parametrize("allow_code", [False, True], ids=["safe", "trusted"])
+def test_bad_files_raise_unsupported_pickle_error_naming_the_file(tmp_path, content, reason, allow_code):
     path = tmp_path / "bad.pkl"
     path.write_bytes(content)
     with pytest.raises(legacy.UnsupportedPickleError) as info:
-        _load_file(path)
+        _load_file(path, allow_code=allow_code)
     message = str(info.value)
     assert message.startswith(f"{path}: not a network pickle ({reason}"), message
     assert "\n" not in message
 
 
-def test_random_bytes_always_give_unsupported_pickle_error():
+def test_unknown_global_is_named(tmp_path):
+    """A global that does not exist (a pickle of some other program): trusted mode cannot import it, safe mode
+    refuses it before trying."""
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(b"cno_such_module_xyz\nThing\n)R.")
+    with pytest.raises(legacy.UnsupportedPickleError) as info:
+        _load_file(path, allow_code=True)
+    expected = f"{path}: not a network pickle (it needs no_such_module_xyz.Thing, which cannot be imported"
+    assert str(info.value).startswith(expected)
+    with pytest.raises(pickles.UnsafePickleError) as info:
+        _load_file(path, allow_code=False)
+    assert str(info.value).startswith(f"{path}: refused to load the file: it refers to no_such_module_xyz.Thing")
+
+
+@pytest.mark.parametrize("allow_code", [False, True], ids=["safe", "trusted"])
+def test_random_bytes_always_give_unsupported_pickle_error(allow_code):
     rng = np.random.RandomState(0)
     for _ in range(300):
         data = rng.randint(0, 256, size=rng.randint(1, 64), dtype=np.uint8).tobytes()
         try:
-            _load(data)
+            _load(data, allow_code=allow_code)
         except legacy.UnsupportedPickleError as exc:
-            assert str(exc).startswith("not a network pickle (")
+            assert str(exc).startswith(("not a network pickle (", "refused to load the file: ")), str(exc)
         else:
             raise AssertionError(f"random bytes {data!r} were accepted")
 
@@ -379,11 +395,11 @@ def test_force_fp16_keeps_networks_that_already_match():
             unpickled.update(obj)
             return obj
 
-    result = legacy.load_network_pkl(io.BytesIO(data), force_fp16=True)
+    result = legacy.load_network_pkl(io.BytesIO(data), force_fp16=True, allow_code=True)
     assert result["G"].synthesis.conv_clamp == 256
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pickles, "_LegacyUnpickler", Spy)
-        result = legacy.load_network_pkl(io.BytesIO(data), force_fp16=True)
+        result = legacy.load_network_pkl(io.BytesIO(data), force_fp16=True, allow_code=True)
     for key in ("G", "D", "G_ema"):
         assert result[key] is unpickled[key]
 
@@ -460,8 +476,9 @@ def test_tf_pickle_is_detected_and_converted(tf_network_class):
     del sys.modules["dnnlib.tflib.network"], sys.modules["dnnlib.tflib"]
     # Detected as TensorFlow-era and handed to the generator converter (tests/test_legacy_tf.py covers conversion);
     # these minimal stubs lack the synthesis variables, which surfaces as a missing-name error.
-    with pytest.raises(KeyError, match="synthesis/4x4/Const/const"):
-        _load(data)
+    for allow_code in (False, True):
+        with pytest.raises(KeyError, match="synthesis/4x4/Const/const"):
+            _load(data, allow_code=allow_code)
     # A 3-tuple of something else is not mistaken for a TensorFlow pickle.
     with pytest.raises(legacy.UnsupportedPickleError, match="tuple"):
         _load(pickle.dumps((1, 2, 3)))
@@ -508,7 +525,7 @@ def test_cli_dest_is_checked_before_loading(tmp_path):
 
     good = tmp_path / "good.pkl"
     good.write_bytes(_snapshot_bytes())
-    result = _convert("--source", good, "--dest", tmp_path / "copy.pkl")
+    result = _convert("--source", good, "--dest", tmp_path / "copy.pkl", "--trust-pickle")
     assert result.exit_code == 0, result.output
     assert _load_file(tmp_path / "copy.pkl")["training_set_kwargs"]["resolution"] == 4
 
@@ -531,13 +548,13 @@ def test_cli_replaces_dest_atomically(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pickle, "dump", failing_dump)
-    result = _convert("--source", source, "--dest", dest)
+    result = _convert("--source", source, "--dest", dest, "--trust-pickle")
     assert result.exit_code == 1
     assert f"Error: Cannot write --dest {dest}: [Errno 28] No space left on device" in result.stderr
     assert dest.read_bytes() == b"previous contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pkl", "out.pkl"]  # no temporary file left behind
 
     monkeypatch.undo()
-    result = _convert("--source", source, "--dest", dest)
+    result = _convert("--source", source, "--dest", dest, "--trust-pickle")
     assert result.exit_code == 0, result.output
     assert _load_file(dest)["training_set_kwargs"]["resolution"] == 4

@@ -341,3 +341,14 @@ def test_unpickle_in_fresh_interpreter_without_defining_module(temp_module, tmp_
     assert report["max_err"] == 0.0
     assert report["plain"] == [5, "jit", 5]
     assert report["repickled_src"] == MODULE_SRC
+
+
+def test_failed_source_is_not_cached():
+    """A source whose execution fails (e.g. it imports what is not installed) must fail the same way next time,
+    not yield the half-executed module."""
+    src = "import torch\nfrom torch_utils.ops import no_such_op_xyz\n\nclass Late(torch.nn.Module):\n    pass\n"
+    meta = dict(type="class", version=6, module_src=src, class_name="Late", state={})
+    for _attempt in range(2):
+        with pytest.raises(ImportError, match="no_such_op_xyz"):
+            persistence._reconstruct_persistent_obj(copy.deepcopy(meta))
+    assert src not in persistence._src_to_module_dict

@@ -1,7 +1,8 @@
 """Network pickles carry their own source: they load and run where the network classes are not on the path.
 
 The loading process gets `dnnlib`, `torch_utils` and the loader of `training` (`pickles`, which is what
-`legacy.load_network_pkl` is), but not the modules that define the networks, the augmentation or the loss.
+`legacy.load_network_pkl` is), but not the modules that define the networks, the augmentation or the loss. It loads
+as the reference does, running the pickle's code (`allow_code=True`): that is how the reference reads our pickles.
 """
 
 import copy
@@ -38,7 +39,7 @@ LOADER_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     pkl_path, inputs_path, out_path = sys.argv[1:4]
     with open(pkl_path, "rb") as f:
-        data = pickles.load_network_pkl(f)
+        data = pickles.load_network_pkl(f, allow_code=True)
     defining = [name for name in DEFINING_MODULES if name in sys.modules]
     assert not defining, f"unpickling imported {defining}"
     G = data["G_ema"]
@@ -54,7 +55,7 @@ LOADER_SCRIPT = textwrap.dedent(
         logits = data["D"](img, c)
 
     with open(pkl_path, "rb") as f:
-        data16 = pickles.load_network_pkl(f, force_fp16=True)
+        data16 = pickles.load_network_pkl(f, force_fp16=True, allow_code=True)
     G16 = data16["G_ema"]
     assert G16.init_kwargs.synthesis_kwargs.num_fp16_res == 4
     assert G16.synthesis.b32.use_fp16 and not G16.synthesis.b4.use_fp16

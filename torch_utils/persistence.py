@@ -193,7 +193,12 @@ def _src_to_module(src):
         # Make tracebacks from embedded code show its lines.
         filename = f"<{module_name}>"
         linecache.cache[filename] = (len(src), None, src.splitlines(keepends=True), filename)
-        exec(compile(src, filename, "exec"), module.__dict__)
+        try:
+            exec(compile(src, filename, "exec"), module.__dict__)
+        except BaseException:
+            # A half-executed module must not be found by the next load of the same source.
+            del sys.modules[module_name], _module_to_src_dict[module], _src_to_module_dict[src]
+            raise
     return module
 
 
