@@ -113,6 +113,18 @@ def _populate_module_params(module, rules):
 def convert_tf_generator(tf_G):
     """TensorFlow-era generator stub -> `training.networks.Generator` (eval mode, no gradients)."""
     _check_tf_version(tf_G)
+    kwargs = _tf_generator_kwargs(tf_G)
+    # Progressive-growing generators are not supported: they name their outputs `ToRGB_lod<n>`, so the rules
+    # miss `synthesis/<r>x<r>/ToRGB/...` and fail with a KeyError naming it. (The discriminator's `FromRGB_lod<n>`
+    # inputs, by contrast, are renamed: they occur in real 'orig' networks.)
+    p = _collect_tf_params(tf_G)
+    G = networks.Generator(**kwargs).eval().requires_grad_(False)
+    _populate_module_params(G, _tf_generator_rules(p))
+    return G
+
+
+def _tf_generator_kwargs(tf_G) -> dnnlib.EasyDict:
+    """The Generator kwargs a TF-era generator's static kwargs stand for (unknown kwargs are an error)."""
     kwarg = _TFKwargs(tf_G)
     kwargs = dnnlib.EasyDict(
         z_dim=kwarg("latent_size", 512),
@@ -140,12 +152,11 @@ def convert_tf_generator(tf_G):
         ),
     )
     kwarg.check_all_known(_TF_G_IGNORED_KWARGS)
+    return kwargs
 
-    # Progressive-growing generators are not supported: they name their outputs `ToRGB_lod<n>`, so the rules below
-    # miss `synthesis/<r>x<r>/ToRGB/...` and fail with a KeyError naming it. (The discriminator's `FromRGB_lod<n>`
-    # inputs, by contrast, are renamed: they occur in real 'orig' networks.)
-    p = _collect_tf_params(tf_G)
-    G = networks.Generator(**kwargs).eval().requires_grad_(False)
+
+def _tf_generator_rules(p: dict) -> list:
+    """(regex of a Generator parameter name, function of the regex groups -> its value from TF params `p`)."""
 
     def s(r, layer, var):
         return p[f"synthesis/{r}x{r}/{layer}/{var}"]
@@ -189,8 +200,7 @@ def convert_tf_generator(tf_G):
         (r".*\.resample_filter",                      None),
     ]
     # fmt: on
-    _populate_module_params(G, rules)
-    return G
+    return rules
 
 
 # ----------------------------------------------------------------------------
@@ -200,6 +210,22 @@ def convert_tf_generator(tf_G):
 def convert_tf_discriminator(tf_D):
     """TensorFlow-era discriminator stub -> `training.networks.Discriminator` (eval mode, no gradients)."""
     _check_tf_version(tf_D)
+    kwargs = _tf_discriminator_kwargs(tf_D)
+    tf_params = _collect_tf_params(tf_D)
+    # Networks with the 'orig' architecture name their input layers per level of detail (FromRGB_lod<n>).
+    for name, value in list(tf_params.items()):
+        match = re.fullmatch(r"FromRGB_lod(\d+)/(.*)", name)
+        if match:
+            r = kwargs.img_resolution // (2 ** int(match.group(1)))
+            tf_params[f"{r}x{r}/FromRGB/{match.group(2)}"] = value
+            kwargs.architecture = "orig"
+    D = networks.Discriminator(**kwargs).eval().requires_grad_(False)
+    _populate_module_params(D, _tf_discriminator_rules(tf_params))
+    return D
+
+
+def _tf_discriminator_kwargs(tf_D) -> dnnlib.EasyDict:
+    """The Discriminator kwargs a TF-era discriminator's static kwargs stand for (unknown kwargs are an error)."""
     kwarg = _TFKwargs(tf_D)
     kwargs = dnnlib.EasyDict(
         c_dim=kwarg("label_size", 0),
@@ -230,18 +256,11 @@ def convert_tf_discriminator(tf_D):
         ),
     )
     kwarg.check_all_known(_TF_D_IGNORED_KWARGS)
+    return kwargs
 
-    tf_params = _collect_tf_params(tf_D)
-    # Networks with the 'orig' architecture name their input layers per level of detail (FromRGB_lod<n>).
-    for name, value in list(tf_params.items()):
-        match = re.fullmatch(r"FromRGB_lod(\d+)/(.*)", name)
-        if match:
-            r = kwargs.img_resolution // (2 ** int(match.group(1)))
-            tf_params[f"{r}x{r}/FromRGB/{match.group(2)}"] = value
-            kwargs.architecture = "orig"
 
-    D = networks.Discriminator(**kwargs).eval().requires_grad_(False)
-    p = tf_params
+def _tf_discriminator_rules(p: dict) -> list:
+    """(regex of a Discriminator parameter name, function of the regex groups -> its value from TF params `p`)."""
     # fmt: off
     rules = [
         (r"b(\d+)\.fromrgb\.weight",    lambda r: _tf_conv(p[f"{r}x{r}/FromRGB/weight"])),
@@ -264,5 +283,4 @@ def convert_tf_discriminator(tf_D):
         (r".*\.resample_filter",        None),
     ]
     # fmt: on
-    _populate_module_params(D, rules)
-    return D
+    return rules
