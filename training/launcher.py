@@ -44,7 +44,8 @@ def launch(options: TrainOptions) -> None:
     run_desc, args = build_training_config(options, notes)
     _check_paths(options.outdir, args)
     if torchrun is None or torchrun["rank"] == 0:
-        print("\n".join(notes), end="\n" if notes else "")
+        for note in notes:  # Labels left unused, the snapshot --resume=latest found: before the options block.
+            print(note)
     dnnlib.util.Logger(should_flush=True)  # Only now: click reports usage errors on the real stderr.
 
     if torchrun is None:
