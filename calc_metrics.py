@@ -1,19 +1,24 @@
 """Command-line metric evaluation: FID, KID, precision/recall, IS or PPL of the G_ema network stored in a pickle."""
 
+import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import os
+import tempfile
+import time
 
 import click
 import torch
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 import dnnlib
 from dnnlib import cli
 from metrics import metric_main, metric_utils
 from torch_utils import custom_ops, misc, training_stats
-from torch_utils.launch import run_processes, spawned_process_group
-from training import pickles
+from torch_utils.launch import DeviceError, resolve_device, run_processes, spawned_process_group
+from training import inference, pickles
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -30,6 +35,8 @@ class EvaluationJob:
     run_dir: str | None  # Training run the pickle belongs to, which also gets the results.
     verbose: bool
     detector_dir: str | None
+    device: torch.device = torch.device("cpu")  # Of a single process; with --gpus > 1 on CUDA, rank r uses cuda:r.
+    error_dir: str | None = None  # Where spawned processes leave the one-line message of their failure.
 
 
 def _configure_backends(device: torch.device) -> None:
@@ -42,7 +49,7 @@ def _configure_backends(device: torch.device) -> None:
 
 def _frozen_copy(G: torch.nn.Module, device: torch.device, show_summary: bool) -> torch.nn.Module:
     """This process's own inference-only copy of G on `device`; optionally prints its module table."""
-    G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+    G = inference.run_float32_off_cuda(copy.deepcopy(G).eval().requires_grad_(False).to(device), device)
     if show_summary:
         # One forward pass with placeholder inputs: a [1, z_dim] latent and a [1, c_dim] label.
         z, c = torch.empty([1, G.z_dim], device=device), torch.empty([1, G.c_dim], device=device)
@@ -55,8 +62,9 @@ def subprocess_fn(rank: int, args: EvaluationJob, temp_dir: str) -> None:
     dnnlib.util.Logger(should_flush=True)
     leader = rank == 0
     chatty = leader and args.verbose
-    device = metric_utils.default_device(rank)
-    with spawned_process_group(rank, args.num_gpus, temp_dir, device):
+    device = rank_device(args.device, rank, args.num_gpus)
+    # Failures are recorded inside the group: leaving it first would make the peers fail before this one is on file.
+    with spawned_process_group(rank, args.num_gpus, temp_dir, device), _failure_recorded(rank, args.error_dir):
         training_stats.init_multiprocessing(rank=rank, sync_device=device if args.num_gpus > 1 else None)
         if not chatty:
             custom_ops.verbosity = "none"
@@ -85,6 +93,92 @@ def subprocess_fn(rank: int, args: EvaluationJob, temp_dir: str) -> None:
             print("Exiting...")
 
 
+def rank_device(device: torch.device, rank: int, num_gpus: int) -> torch.device:
+    """The device of process `rank`: with several processes on CUDA one GPU each (cuda:rank), else `device`."""
+    return torch.device("cuda", rank) if device.type == "cuda" and num_gpus > 1 else device
+
+
+def _failure_line(exc: BaseException) -> str:
+    """One line for a worker's exception: the message of our typed errors, else also the exception's type."""
+    if isinstance(exc, click.ClickException):
+        text = exc.format_message()
+    elif isinstance(exc, dnnlib.util.DownloadError | pickles.NetworkPickleError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def _failure_recorded(rank: int, error_dir: str | None):
+    """Leave a one-line account of an exception in `error_dir/rank<N>.txt` (if given), for the parent to print.
+
+    The line is stamped with the time, so that the parent reports the first failure, not the processes that then
+    lost their peer.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if error_dir is not None:
+            with open(os.path.join(error_dir, f"rank{rank}.txt"), "w", encoding="utf-8") as f:
+                f.write(f"{time.time()!r}\t{_failure_line(exc)}")
+        raise
+
+
+def _worker_failure(exc: ProcessException, error_dir: str, num_gpus: int) -> str:
+    """The message for failed spawned processes: the first failure recorded, else how the process ended."""
+    recorded = []
+    for name in os.listdir(error_dir):
+        with open(os.path.join(error_dir, name), encoding="utf-8") as f:
+            stamp, _, line = f.read().partition("\t")
+        recorded.append((float(stamp), int(name.removeprefix("rank").removesuffix(".txt")), line))
+    if recorded:
+        _stamp, rank, line = min(recorded)
+        return f"--gpus={num_gpus}: process {rank} failed: {line}"
+    if isinstance(exc, ProcessExitedException):
+        how = f"signal {exc.signal_name}" if exc.signal_name else f"exit code {exc.exit_code}"
+        return f"--gpus={num_gpus}: process {exc.error_index} ended with {how}"
+    return f"--gpus={num_gpus}: process {exc.error_index} failed: {' '.join(str(exc).split()[-20:])}"
+
+
+@contextlib.contextmanager
+def _log_level(logger: logging.Logger, level: int):
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def run_evaluation(job: EvaluationJob) -> None:
+    """Run the job in its processes; a failed spawned process is one `Error:` line, not its traceback."""
+    if job.num_gpus == 1:
+        run_processes(subprocess_fn, job, 1)  # In this process: its errors surface as they are.
+        return
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")  # Says it terminates the other processes.
+    with tempfile.TemporaryDirectory() as error_dir, _log_level(spawn_log, logging.ERROR):
+        job = dataclasses.replace(job, error_dir=error_dir)
+        try:
+            run_processes(subprocess_fn, job, job.num_gpus)
+        except ProcessException as exc:
+            raise click.ClickException(_worker_failure(exc, error_dir, job.num_gpus)) from None
+
+
+def _resolve_device(ctx: click.Context, spec: str, gpus: int) -> torch.device:
+    """`--device` for `--gpus` processes: with several, CUDA means cuda:0 .. cuda:gpus-1, and no single GPU or MPS."""
+    with cli.errors_as_messages(DeviceError):
+        device = resolve_device(spec)
+    if gpus > 1 and device.type == "mps":
+        ctx.fail(f"--device {spec}: MPS is one device; --gpus={gpus} needs --device=cuda or --device=cpu")
+    if gpus > 1 and device.type == "cuda":
+        if ":" in spec:
+            ctx.fail(f"--device {spec} names one GPU; with --gpus={gpus} use --device=cuda (cuda:0 .. cuda:{gpus - 1})")
+        if gpus > torch.cuda.device_count():
+            ctx.fail(f"--gpus={gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def _check_options(ctx: click.Context, metrics: list[str], gpus: int, network_pkl: str) -> None:
     """Usage errors, in the order docs/compatibility.md, "Tools" gives; nothing is loaded before these pass."""
     if not all(metric_main.is_valid_metric(name) for name in metrics):
@@ -95,12 +189,12 @@ def _check_options(ctx: click.Context, metrics: list[str], gpus: int, network_pk
         ctx.fail("--network must point to a file or URL")
 
 
-def _load_network(network_pkl: str, verbose: bool) -> tuple[torch.nn.Module, dict | None]:
+def _load_network(network_pkl: str, verbose: bool, trust_pickle: bool = False) -> tuple[torch.nn.Module, dict | None]:
     """G_ema of the pickle and the training-set options the training run stored in it (None if it has none)."""
     if verbose:
         print(f'Loading network from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError, prefix="--network: "):
-        snapshot = pickles.load_network_from(network_pkl, verbose=verbose)
+        snapshot = pickles.load_network_from(network_pkl, verbose=verbose, allow_code=trust_pickle)
     return snapshot["G_ema"], snapshot.get("training_set_kwargs")
 
 
@@ -196,7 +290,9 @@ def _run_dir_of(network_pkl: str) -> str | None:
     f"[default: ${metric_utils.DETECTOR_DIR_ENV}, then <dnnlib cache>/detectors]",
     metavar="DIR",
 )
-def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detector_dir):
+@cli.device_option()
+@cli.trust_pickle_option()
+def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detector_dir, device, trust_pickle):
     """Evaluate quality metrics for a training snapshot or a pretrained network pickle.
 
     Examples:
@@ -241,10 +337,11 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
     """
     dnnlib.util.Logger(should_flush=True)
     _check_options(ctx, metrics, gpus, network_pkl)
+    device = _resolve_device(ctx, device, gpus)
     if detector_dir is not None:
         metric_utils.set_detector_dir(detector_dir)
 
-    G, recorded_dataset = _load_network(network_pkl, verbose)
+    G, recorded_dataset = _load_network(network_pkl, verbose, trust_pickle)
     dataset_kwargs = _dataset_options(ctx, data, mirror, G, recorded_dataset)
     if verbose:
         print("Dataset options:")
@@ -259,11 +356,12 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, detecto
         run_dir=_run_dir_of(network_pkl),
         verbose=verbose,
         detector_dir=detector_dir,
+        device=device,
     )
     if verbose:
         print("Launching processes...")
     with cli.errors_as_messages(dnnlib.util.DownloadError):  # Feature detectors, offline: says where to put them.
-        run_processes(subprocess_fn, job, gpus)
+        run_evaluation(job)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ tarball or the MNIST training images. The result is a folder or an uncompressed 
 `NNNNN/imgNNNNNNNN.png` files plus `dataset.json` with the labels.
 """
 
+import contextlib
 import functools
 import gzip
 import io
@@ -15,6 +16,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import typing
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,25 @@ import click
 import numpy as np
 import PIL.Image
 from tqdm import tqdm
+
+from torch_utils import images as image_utils
+from training.dataset import (
+    CLASS_NAMES_KEY,
+    MAX_CLASSES,
+    MAX_IMAGE_FILE_BYTES,
+    MAX_LABELS_FILE_BYTES,
+    STAGING_PREFIX,
+    STAGING_SUFFIX,
+    class_index_problem,
+    image_sides_problem,
+    is_staging_leftover,
+    vector_label_problem,
+)
+
+try:
+    import fcntl  # Locks that tell a running conversion's staging folder from a leftover (POSIX only).
+except ImportError:
+    fcntl = None
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -48,7 +69,9 @@ MNIST_PAD = 2  # 28x28 digits are zero-padded to a power-of-two 32x32
 
 ON_UNREADABLE_CHOICES = ["stop", "skip"]
 PALETTE_MODES = ("P", "PA")
-OUTPUT_CHANNELS = (1, 3)  # grayscale or RGB: what the written PNGs and the training code accept
+CONVERTED_MODES = {"CMYK": "RGB"}  # Modes whose stored channels are no RGB(A) values: converted when decoded.
+OUTPUT_CHANNELS = (1, 3, 4)  # grayscale, RGB or RGBA: what the written PNGs and the training code accept
+CHANNEL_NAMES = {1: "grayscale", 3: "RGB", 4: "RGBA"}
 
 
 class DatasetToolError(Exception):
@@ -63,14 +86,16 @@ class UnreadableImageError(Exception):
     """A source item that could not be decoded; carries the item's path or key for the report."""
 
     def __init__(self, where: str, cause: BaseException):
-        super().__init__(f"{where}: {cause}")
+        text = str(cause)
         self.where = where
-        self.cause = cause
+        self.cause = text[len(where) + 2 :] if text.startswith(where + ": ") else text  # said once is enough
+        super().__init__(f"{where}: {self.cause}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sources. Each opener returns (count, items, has_labels): `items` yields (uint8 image array, label or None, source
-# name for messages) lazily; `has_labels` says whether the source provides labels at all.
+# Sources. Each opener returns (count, items, label_info): `items` yields (uint8 image array, label or None, source
+# name for messages) lazily; `label_info` (_LabelInfo) says whether the source provides labels at all, and their class
+# names.
 
 
 def _has_image_ext(name: str) -> bool:
@@ -80,30 +105,109 @@ def _has_image_ext(name: str) -> bool:
     return "." + base.rsplit(".", 1)[-1].lower() in PIL.Image.EXTENSION
 
 
-def _decode_with_pil(data_or_path) -> np.ndarray:
-    """Decode: L -> [H, W], RGB -> [H, W, 3], RGBA -> [H, W, 4] as stored; palette (P, PA) -> RGB [H, W, 3].
+def _decode_with_pil(data_or_path, name: str = "", keep_palette_alpha: bool = False) -> np.ndarray:
+    """Decode: L -> [H, W], LA -> [H, W, 2], RGB -> [H, W, 3], RGBA -> [H, W, 4] as stored; palette (P, PA) -> RGB
+    [H, W, 3], or RGBA with `keep_palette_alpha`; CMYK -> RGB.
 
-    Palette images are expanded to their colours (transparency dropped) because their raw index values are not
-    pixel intensities; every other mode is kept as stored.
+    Palette images are expanded to their colours because their raw index values are not pixel intensities; every
+    other mode is kept as stored. The declared pixel count is checked before decoding (`images.open_image`).
     """
-    with PIL.Image.open(data_or_path) as img:
+    with image_utils.open_image(data_or_path, name or str(data_or_path)) as img:
         if img.mode in PALETTE_MODES:
-            return np.array(img.convert("RGB"))
+            return np.array(img.convert("RGBA" if keep_palette_alpha else "RGB"))
+        if img.mode in CONVERTED_MODES:
+            return np.array(img.convert(CONVERTED_MODES[img.mode]))
         return np.array(img)
 
 
-def _parse_labels_json(text: bytes | str, where: str) -> dict | None:
-    """Read the `labels` entry of a source `dataset.json` into {relative name: label}, or None when it is null."""
+def _check_source_size(size: int, limit: int, limit_name: str):
+    """Refuse a file (a zip member: by its declared size) before reading it; zip bombs declare gigabytes."""
+    if size > limit:
+        raise ValueError(f"it holds {size} bytes (uncompressed), more than the {limit} accepted ({limit_name})")
+
+
+class _LabelInfo(typing.NamedTuple):
+    """What a source says about its labels: whether it has any, and the class names (None when it has none)."""
+
+    has_labels: bool
+    class_names: list | None = None
+
+
+def _parse_labels_json(text: bytes | str, where: str) -> tuple[dict | None, list | None]:
+    """Read a source `dataset.json`: ({relative name: label} or None when "labels" is null, class names or None).
+
+    Labels are copied to the output as they are, except that numbers must be class indices 0 .. MAX_CLASSES - 1 and
+    lists of numbers finite float32 values (what `training.dataset` accepts); anything else is an error naming the file.
+    """
     try:
-        labels = json.loads(text)["labels"]
+        doc = json.loads(text)
+        labels = doc["labels"]
     except (ValueError, KeyError, TypeError) as exc:
         error(f'{where}: expected a JSON object with a "labels" entry ({exc})')
+    class_names = doc.get(CLASS_NAMES_KEY)
+    if class_names is not None and not (isinstance(class_names, list) and all(isinstance(n, str) for n in class_names)):
+        error(f'{where}: expected "{CLASS_NAMES_KEY}" to be a list of strings')
     if labels is None:
-        return None
+        return None, class_names
     try:
-        return {str(name): label for name, label in labels}
+        table = {str(name): label for name, label in labels}
     except (TypeError, ValueError):
         error(f'{where}: "labels" must be null or a list of [file name, label] pairs')
+    for name, label in table.items():
+        _check_label(label, f"{where}: label of '{name}'")
+    return table, class_names
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_label(label, what: str):
+    if _is_number(label):
+        problem = class_index_problem(label)
+        if problem is not None:
+            error(f"{what} must be a class index 0..{MAX_CLASSES - 1}, found {_short(label)} ({problem})")
+    elif isinstance(label, list) and all(_is_number(x) for x in label):
+        problem = vector_label_problem(label)
+        if problem is not None:
+            error(f"{what} must be a vector of finite float32 numbers, found {_short(label)} ({problem})")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_hidden(relative_name: str) -> bool:
+    """Hidden entries (a component starting with '.') are never images of a dataset (.DS_Store, ._x.png, staging)."""
+    return any(part.startswith(".") for part in relative_name.split("/"))
+
+
+def _folder_labels(rel_names: list[str], source: str) -> tuple[dict, list[str]]:
+    """--subfolders-as-labels: {relative name: class index} and the sorted class names (first path components)."""
+    at_root = [name for name in rel_names if "/" not in name]
+    if at_root:
+        error(
+            f"--subfolders-as-labels: {source}/{at_root[0]} is not inside a class subfolder; every image must lie "
+            "in a subfolder of --source named after its class"
+        )
+    class_names = sorted({name.split("/", 1)[0] for name in rel_names})
+    if len(class_names) > MAX_CLASSES:
+        error(f"--subfolders-as-labels: {source} has {len(class_names)} subfolders; at most {MAX_CLASSES} classes")
+    index = {name: i for i, name in enumerate(class_names)}
+    return {rel: index[rel.split("/", 1)[0]] for rel in rel_names}, class_names
+
+
+def _source_labels(rel_names, labels_file, read_labels, source, subfolders_as_labels):
+    """(labels table or None, class names or None) from the source's dataset.json or its subfolders."""
+    labels, class_names = None, None
+    if labels_file:
+        labels, class_names = _parse_labels_json(read_labels(), labels_file)
+    if subfolders_as_labels:
+        if labels is not None:
+            error(f"--subfolders-as-labels: {labels_file} already holds labels; use one or the other")
+        labels, class_names = _folder_labels(rel_names, source)
+    return labels, class_names
 
 
 def _limited(count: int, decode_items: Iterator, on_unreadable: str) -> Iterator:
@@ -129,45 +233,71 @@ def _count(total: int, max_images: int | None) -> int:
     return total if max_images is None else min(total, max_images)
 
 
-def open_image_folder(source_dir: str, *, max_images: int | None, on_unreadable: str):
-    paths = sorted(p for p in Path(source_dir).rglob("*") if _has_image_ext(p.name) and p.is_file())
-    labels = None
+def open_image_folder(source_dir: str, *, max_images: int | None, on_unreadable: str, **options):
+    paths = sorted(
+        p
+        for p in Path(source_dir).rglob("*")
+        if _has_image_ext(p.name) and not _is_hidden(p.relative_to(source_dir).as_posix()) and p.is_file()
+    )
+    rel_names = [p.relative_to(source_dir).as_posix() for p in paths]
     labels_path = os.path.join(source_dir, LABELS_FILE)
-    if os.path.isfile(labels_path):
-        with open(labels_path, "rb") as f:
-            labels = _parse_labels_json(f.read(), labels_path)
 
-    def make_item(path: Path):
+    def read_labels():
+        with open(labels_path, "rb") as f:
+            try:
+                _check_source_size(os.fstat(f.fileno()).st_size, MAX_LABELS_FILE_BYTES, "MAX_LABELS_FILE_BYTES")
+            except ValueError as exc:
+                error(f"Cannot read {labels_path}: {exc}")
+            return f.read()
+
+    labels, class_names = _source_labels(
+        rel_names, os.path.isfile(labels_path) and labels_path, read_labels, source_dir, options["subfolders_as_labels"]
+    )
+
+    def make_item(path: Path, rel: str):
         def item():
             try:
-                image = _decode_with_pil(path)
+                _check_source_size(path.stat().st_size, MAX_IMAGE_FILE_BYTES, "MAX_IMAGE_FILE_BYTES")
+                image = _decode_with_pil(path, str(path), options["keep_palette_alpha"])
             except Exception as exc:
                 raise UnreadableImageError(str(path), exc) from exc
-            rel = os.path.relpath(path, source_dir).replace("\\", "/")
             return image, None if labels is None else labels.get(rel), rel
 
         return item
 
     count = _count(len(paths), max_images)
-    return count, _limited(count, map(make_item, paths), on_unreadable), labels is not None
+    items = _limited(count, map(make_item, paths, rel_names), on_unreadable)
+    return count, items, _LabelInfo(labels is not None, class_names)
 
 
-def open_image_zip(source: str, *, max_images: int | None, on_unreadable: str):
+def open_image_zip(source: str, *, max_images: int | None, on_unreadable: str, **options):
     try:
         archive = zipfile.ZipFile(source, mode="r")
     except (OSError, zipfile.BadZipFile) as exc:
         error(f"Cannot open source zip {source}: {exc}")
-    members = sorted(name for name in archive.namelist() if _has_image_ext(name))
-    labels = None
-    if LABELS_FILE in archive.namelist():
-        labels = _parse_labels_json(archive.read(LABELS_FILE), f"{source}/{LABELS_FILE}")
+    members = sorted(name for name in archive.namelist() if _has_image_ext(name) and not _is_hidden(name))
+
+    def read_member(name: str, limit: int, limit_name: str) -> bytes:
+        _check_source_size(archive.getinfo(name).file_size, limit, limit_name)
+        return archive.read(name)  # never more than the declared size
+
+    def read_labels():
+        try:
+            return read_member(LABELS_FILE, MAX_LABELS_FILE_BYTES, "MAX_LABELS_FILE_BYTES")
+        except ValueError as exc:
+            error(f"Cannot read {source}/{LABELS_FILE}: {exc}")
+
+    has_labels_file = LABELS_FILE in archive.namelist() and f"{source}/{LABELS_FILE}"
+    labels, class_names = _source_labels(members, has_labels_file, read_labels, source, options["subfolders_as_labels"])
 
     def make_item(name: str):
         def item():
+            where = f"{source}/{name}"
             try:
-                image = _decode_with_pil(io.BytesIO(archive.read(name)))
+                data = read_member(name, MAX_IMAGE_FILE_BYTES, "MAX_IMAGE_FILE_BYTES")
+                image = _decode_with_pil(io.BytesIO(data), where, options["keep_palette_alpha"])
             except Exception as exc:
-                raise UnreadableImageError(f"{source}/{name}", exc) from exc
+                raise UnreadableImageError(where, exc) from exc
             return image, None if labels is None else labels.get(name), name
 
         return item
@@ -177,7 +307,7 @@ def open_image_zip(source: str, *, max_images: int | None, on_unreadable: str):
             yield from _limited(count, map(make_item, members), on_unreadable)
 
     count = _count(len(members), max_images)
-    return count, items(), labels is not None
+    return count, items(), _LabelInfo(labels is not None, class_names)
 
 
 def _import_lmdb():
@@ -202,13 +332,13 @@ def _decode_lsun_value(value: bytes, cv2) -> np.ndarray:
         image = cv2.imdecode(np.frombuffer(value, dtype=np.uint8), cv2.IMREAD_COLOR)
         if image is not None:
             return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
-        return _decode_with_pil(io.BytesIO(value))
+        return _decode_with_pil(io.BytesIO(value), "the LMDB entry")
     # Stand-in for OpenCV's forced 3-channel colour decoding.
     with PIL.Image.open(io.BytesIO(value)) as img:
         return np.array(img.convert("RGB"))
 
 
-def open_lmdb(source_dir: str, *, max_images: int | None, on_unreadable: str):
+def open_lmdb(source_dir: str, *, max_images: int | None, on_unreadable: str, **options):
     lmdb = _import_lmdb()
     cv2 = _import_cv2()
     if cv2 is None:
@@ -238,7 +368,7 @@ def open_lmdb(source_dir: str, *, max_images: int | None, on_unreadable: str):
             pairs = (make_item(bytes(k), bytes(v)) for k, v in txn.cursor())
             yield from _limited(count, pairs, on_unreadable)
 
-    return count, items(), False
+    return count, items(), _LabelInfo(False)
 
 
 def _labelled_arrays(source: str, images: np.ndarray, labels: np.ndarray, count: int) -> Iterator:
@@ -261,8 +391,8 @@ def _check_class_dataset(source, images, labels, num_images, image_shape, num_cl
         error(f"{source}: expected labels spanning 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
 
 
-def open_cifar10(tarball: str, *, max_images: int | None, on_unreadable: str):
-    del on_unreadable  # a corrupt tarball cannot be skipped image by image
+def open_cifar10(tarball: str, *, max_images: int | None, on_unreadable: str, **options):
+    del on_unreadable, options  # a corrupt tarball cannot be skipped image by image
     images, labels = [], []
     try:
         with tarfile.open(tarball, "r:gz") as tar:
@@ -279,7 +409,7 @@ def open_cifar10(tarball: str, *, max_images: int | None, on_unreadable: str):
     labels = np.concatenate(labels)
     _check_class_dataset(tarball, images, labels, CIFAR10_NUM_IMAGES, (32, 32, 3), CIFAR10_NUM_CLASSES)
     count = _count(len(images), max_images)
-    return count, _labelled_arrays(tarball, images, labels, count), True
+    return count, _labelled_arrays(tarball, images, labels, count), _LabelInfo(True)
 
 
 def _read_gz(path: str, header_bytes: int) -> np.ndarray:
@@ -290,8 +420,8 @@ def _read_gz(path: str, header_bytes: int) -> np.ndarray:
         error(f"Cannot read {path}: {exc}")
 
 
-def open_mnist(images_gz: str, *, max_images: int | None, on_unreadable: str):
-    del on_unreadable  # a corrupt file cannot be skipped image by image
+def open_mnist(images_gz: str, *, max_images: int | None, on_unreadable: str, **options):
+    del on_unreadable, options  # a corrupt file cannot be skipped image by image
     folder, name = os.path.split(images_gz)
     labels_gz = os.path.join(folder, name.replace(MNIST_IMAGES_SUFFIX, MNIST_LABELS_SUFFIX))
     if not os.path.isfile(labels_gz):
@@ -305,13 +435,22 @@ def open_mnist(images_gz: str, *, max_images: int | None, on_unreadable: str):
     size = MNIST_SIZE + 2 * MNIST_PAD
     _check_class_dataset(images_gz, images, labels, MNIST_NUM_IMAGES, (size, size), MNIST_NUM_CLASSES)
     count = _count(len(images), max_images)
-    return count, _labelled_arrays(images_gz, images, labels, count), True
+    return count, _labelled_arrays(images_gz, images, labels, count), _LabelInfo(True)
 
 
-def open_dataset(source: str, *, max_images: int | None = None, on_unreadable: str | None = None):
-    """Detect the source type and open it; returns (count, items, has_labels) as described for the openers.
+def open_dataset(
+    source: str,
+    *,
+    max_images: int | None = None,
+    on_unreadable: str | None = None,
+    subfolders_as_labels: bool = False,
+    keep_palette_alpha: bool = False,
+):
+    """Detect the source type and open it; returns (count, items, _LabelInfo) as described for the openers.
 
     `on_unreadable` is 'stop' or 'skip'; None picks the reference behaviour (skip for LSUN, stop otherwise).
+    `subfolders_as_labels` (folders and zips only) makes each immediate subfolder a class; `keep_palette_alpha`
+    decodes palette images as RGBA instead of RGB.
     """
     PIL.Image.init()  # completes PIL.Image.EXTENSION, which decides what counts as an image file
     default_policy = "stop"
@@ -335,15 +474,24 @@ def open_dataset(source: str, *, max_images: int | None = None, on_unreadable: s
             )
     else:
         error(f"Missing input file or directory: {source}")
-    return opener(source, max_images=max_images, on_unreadable=on_unreadable or default_policy)
+    if subfolders_as_labels and opener not in (open_image_folder, open_image_zip):
+        error(f"--subfolders-as-labels needs a folder or zip of images as --source, found {source}")
+    return opener(
+        source,
+        max_images=max_images,
+        on_unreadable=on_unreadable or default_policy,
+        subfolders_as_labels=subfolders_as_labels,
+        keep_palette_alpha=keep_palette_alpha,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Transforms: array in, array out (or None to drop the image while keeping its index).
 
 
-def _as_rgb_image(img: np.ndarray) -> PIL.Image.Image:
-    if img.ndim != 3 or img.shape[2] != 3:
+def _as_colour_image(img: np.ndarray) -> PIL.Image.Image:
+    """RGB or RGBA array -> PIL image (Pillow resizes RGBA with premultiplied alpha, so no colour bleeds in)."""
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise ValueError(f"this transform needs RGB images, got an array of shape {list(img.shape)}")
     return PIL.Image.fromarray(img)
 
@@ -356,10 +504,17 @@ def _resize_only(img: np.ndarray, width: int | None, height: int | None, resampl
 
 
 def _center_crop(img: np.ndarray, width: int, height: int, resample) -> np.ndarray:
-    crop = min(img.shape[0], img.shape[1])
-    top, left = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
-    img = img[top : top + crop, left : left + crop]
-    return np.array(_as_rgb_image(img).resize((width, height), resample))
+    """Crop the largest centred region of the output's aspect ratio (a square for square output), then resize."""
+    h, w = img.shape[:2]
+    if width == height:
+        crop_h = crop_w = min(h, w)
+    elif w * height > h * width:  # wider than the output: keep the full height
+        crop_h, crop_w = h, min(w, max(1, round(h * width / height)))
+    else:
+        crop_h, crop_w = min(h, max(1, round(w * height / width))), w
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    img = img[top : top + crop_h, left : left + crop_w]
+    return np.array(_as_colour_image(img).resize((width, height), resample))
 
 
 def _center_crop_wide(img: np.ndarray, width: int, height: int, resample) -> np.ndarray | None:
@@ -368,10 +523,44 @@ def _center_crop_wide(img: np.ndarray, width: int, height: int, resample) -> np.
         return None
     top = (img.shape[0] - crop_h) // 2
     img = img[top : top + crop_h]
-    resized = np.array(_as_rgb_image(img).resize((width, height), resample))
-    canvas = np.zeros([width, width, 3], dtype=np.uint8)  # letter-box into a square
+    resized = np.array(_as_colour_image(img).resize((width, height), resample))
+    # Letter-box into a black square; with alpha the bars are transparent black (black once composited).
+    canvas = np.zeros([width, width, resized.shape[2]], dtype=np.uint8)
     canvas[(width - height) // 2 : (width + height) // 2] = resized
     return canvas
+
+
+def _composite_over_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 colour [H, W, C] and alpha [H, W, 1] -> uint8 colour * alpha / 255, rounded to nearest."""
+    return ((colour.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+
+
+def to_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
+    """Decoded image ([H, W] or [H, W, 1|2|3|4]) -> [H, W] (grayscale) or [H, W, 3|4] with `channels` channels.
+
+    None keeps the count, except that gray+alpha becomes RGBA (alpha is kept; PNGs and the networks have no 2-channel
+    form). Dropping alpha composites over black (what the metrics see); adding it makes the image opaque; RGB becomes
+    grayscale with Pillow's ITU-R 601-2 luma, grayscale becomes RGB by repetition.
+    """
+    if img.ndim == 2:
+        img = img[:, :, np.newaxis]
+    have = img.shape[2]
+    if channels is None:
+        channels = 4 if have == 2 else have
+    if have == channels or have not in (1, 2, 3, 4):
+        return img[:, :, 0] if have == 1 else img  # other counts are reported by the first-image check
+    colour, alpha = (img[:, :, :-1], img[:, :, -1:]) if have in (2, 4) else (img, None)
+    if alpha is not None and channels != 4:
+        colour = _composite_over_black(colour, alpha)
+    if channels == 1:
+        return colour[:, :, 0] if colour.shape[2] == 1 else np.array(PIL.Image.fromarray(colour).convert("L"))
+    if colour.shape[2] == 1:
+        colour = np.repeat(colour, 3, axis=2)
+    if channels == 3:
+        return colour
+    if alpha is None:
+        alpha = np.full(colour.shape[:2] + (1,), 255, dtype=np.uint8)
+    return np.concatenate([colour, alpha], axis=2)
 
 
 def make_transform(transform: str | None, width: int | None, height: int | None, resize_filter: str) -> Callable:
@@ -394,7 +583,91 @@ def make_transform(transform: str | None, width: int | None, height: int | None,
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Destinations. Everything is written under a temporary name beside the destination and renamed into place only after
-# the last file, so a failed run never leaves a half-written dataset behind.
+# the last file, so a failed run never leaves a half-written dataset behind. A run killed by a signal cannot clean up:
+# its staging file or folder stays, hidden. While a run is alive it holds an exclusive lock on its staging entry, so a
+# later run can tell a leftover (lockable: removed, with a note) from a conversion still in progress (reported).
+
+
+def _lock(path: str) -> int | None:
+    """An open descriptor of `path` holding an exclusive lock, or None where locks are not available."""
+    return None if fcntl is None else _lock_fd(os.open(path, os.O_RDONLY))
+
+
+def _lock_fd(fd: int) -> int | None:
+    """Lock the open descriptor `fd` (kept open for the lock's lifetime); without locks, close it and return None."""
+    if fcntl is None:
+        os.close(fd)
+        return None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _unlock(fd: int | None):
+    if fd is not None:
+        os.close(fd)  # closing releases the lock
+
+
+def _owner_is_gone(path: str) -> bool:
+    """Whether nobody holds the lock on a staging entry (its run is gone); False when this cannot be told."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_leftover(path: str) -> bool:
+    """Remove the staging entry of a run that is gone, saying so; False (nothing done) if its run may be alive."""
+    if not _owner_is_gone(path):
+        return False
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    print(f"Note: removed {path}, left by a dataset_tool.py run that did not finish", file=sys.stderr)
+    return True
+
+
+def _clean_staging_beside(dest: str):
+    """Remove the leftovers of earlier runs writing `dest` (staged beside it), or warn that one may be running."""
+    folder, base = os.path.split(dest)
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return  # creating the destination will say what is wrong
+    for entry in sorted(e for e in entries if e.startswith(f".{base}.") and is_staging_leftover(e)):
+        path = os.path.join(folder, entry)
+        if not _remove_leftover(path):
+            print(
+                f"Warning: {path} is the staging entry of another dataset_tool.py run writing {dest} that may "
+                "still be running; the run that finishes last replaces the other's output",
+                file=sys.stderr,
+            )
+
+
+def _clean_staging_inside(dest: str, entries: list[str]) -> list[str]:
+    """`entries` of the existing --dest folder without the staging folders of earlier runs, which are removed when
+    their run is gone; one that may belong to a running conversion is an error naming it."""
+    remaining = []
+    for entry in entries:
+        path = os.path.join(dest, entry)
+        if not (entry.startswith(STAGING_PREFIX) and is_staging_leftover(entry)):
+            remaining.append(entry)
+        elif not _remove_leftover(path):
+            error(
+                f"--dest folder {dest} holds {path}, the hidden staging folder of a dataset_tool.py run that may "
+                "still be running; wait for it, or remove that folder if no such run is left"
+            )
+    return remaining
 
 
 def _umask() -> int:
@@ -415,6 +688,7 @@ class StagedDestination:
         self.dest = os.path.normpath(dest)  # a trailing separator must not make the folder its own parent
         self.is_zip = dest.endswith(".zip")
         self.temp = None
+        self.lock_fd = None
         self.staged_inside = False
         self.archive = None
         if os.path.isdir(dest):
@@ -424,10 +698,11 @@ class StagedDestination:
                 entries = os.listdir(dest)
             except OSError as exc:
                 self._fail(exc, f"listing {dest}")
-            if entries:
+            if _clean_staging_inside(self.dest, entries):
                 error("--dest folder must be empty")
         elif os.path.exists(dest) and not self.is_zip:
             error(f"--dest {dest} exists and is not a directory")
+        _clean_staging_beside(self.dest)
 
     def _fail(self, exc: OSError, doing: str) -> NoReturn:
         # The OS error's own text would name the internal temporary file; say what was being done instead.
@@ -458,16 +733,18 @@ class StagedDestination:
     def _start_staging(self, staging_dir: str, stage_inside: bool):
         prefix = "." + os.path.basename(self.dest) + "."
         if self.is_zip:
-            fd, self.temp = tempfile.mkstemp(dir=staging_dir, prefix=prefix, suffix=".tmp")
-            os.close(fd)
+            fd, self.temp = tempfile.mkstemp(dir=staging_dir, prefix=prefix, suffix=STAGING_SUFFIX)
+            self.lock_fd = _lock_fd(fd)
             os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's private 0600 is not meant for the result
             self.archive = zipfile.ZipFile(self.temp, mode="w", compression=zipfile.ZIP_STORED)
         elif stage_inside:
-            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=".dataset_tool.", suffix=".tmp")
+            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX)
             self.staged_inside = True
+            self.lock_fd = _lock(self.temp)
         else:
-            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=prefix, suffix=".tmp")
+            self.temp = tempfile.mkdtemp(dir=staging_dir, prefix=prefix, suffix=STAGING_SUFFIX)
             os.chmod(self.temp, 0o777 & ~_umask())
+            self.lock_fd = _lock(self.temp)
 
     def save(self, name: str, data: bytes):
         try:
@@ -482,6 +759,8 @@ class StagedDestination:
             self._fail(exc, f"writing {name}")
 
     def _discard(self):
+        _unlock(self.lock_fd)
+        self.lock_fd = None
         if self.archive is not None:
             try:
                 self.archive.close()
@@ -502,6 +781,7 @@ class StagedDestination:
         if self.archive is not None:
             self.archive.close()
             self.archive = None
+        # Locked until the output is in place: a run started meanwhile must not take the staging entry for a leftover.
         if self.staged_inside:
             # dataset.json last, so that a folder holding it holds every image.
             for name in sorted(os.listdir(self.temp), key=lambda name: name == LABELS_FILE):
@@ -509,6 +789,8 @@ class StagedDestination:
             os.rmdir(self.temp)
         else:
             os.replace(self.temp, self.dest)
+        _unlock(self.lock_fd)
+        self.lock_fd = None
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
@@ -545,11 +827,15 @@ def _image_attrs(img: np.ndarray) -> tuple[int, int, int]:
 
 
 def _check_first_image(width: int, height: int, channels: int):
-    if width != height:
-        error(f"Image dimensions after scale and crop are required to be square.  Got {width}x{height}")
+    problem = image_sides_problem(width=width, height=height)
+    if problem is not None and "aspect ratio" in problem:
+        error(
+            "Image dimensions after scale and crop are required to be square or of an aspect ratio between 1:4 and "
+            f"4:1.  Got {width}x{height}"
+        )
     if channels not in OUTPUT_CHANNELS:
-        error("Input images must be stored as RGB or grayscale")
-    if width & (width - 1) != 0:
+        error("Input images must be stored as RGB, RGBA or grayscale (or use --channels)")
+    if problem is not None:
         error("Image width/height after scale and crop are required to be power-of-two")
 
 
@@ -563,55 +849,73 @@ def convert_dataset(
     width: int | None = None,
     height: int | None = None,
     on_unreadable: str | None = None,
+    channels: int | None = None,
+    subfolders_as_labels: bool = False,
 ):
-    """Convert `source` into `dest`; raises DatasetToolError on bad input (nothing is left at `dest` then)."""
-    count, items, has_labels = open_dataset(source, max_images=max_images, on_unreadable=on_unreadable)
+    """Convert `source` into `dest`; raises DatasetToolError on bad input (nothing is left at `dest` then).
+
+    `channels` (1, 3, 4 or None = as the source has them) forces the channel count; `subfolders_as_labels` makes every
+    immediate subfolder of a folder or zip source a class (sorted names -> 0 .. N-1, recorded as "class_names").
+    """
+    count, items, label_info = open_dataset(
+        source,
+        max_images=max_images,
+        on_unreadable=on_unreadable,
+        subfolders_as_labels=subfolders_as_labels,
+        keep_palette_alpha=channels == 4,
+    )
     with StagedDestination(dest) as out:
         transform_fn = make_transform(transform, width, height, resize_filter)
-        dataset_attrs = None
-        labels = []
-        unlabelled = 0  # written images without a label, and the source name of the first
-        first_unlabelled = None
-        num_dropped = 0
-        for idx, (img, label, source_name) in enumerate(tqdm(items, total=count)):
-            name = archive_name(idx)
-            if img.dtype != np.uint8:
-                error(f"Image {name}: expected 8 bits per channel, found {img.dtype}")
-            try:
-                img = transform_fn(img)
-            except ValueError as exc:
-                error(f"Image {name}: {exc}")
-            if img is None:
-                num_dropped += 1
-                continue  # dropped by the transform; its index stays unused
-            attrs = _image_attrs(img)
-            if dataset_attrs is None:
-                _check_first_image(*attrs)
-                dataset_attrs = attrs
-            elif attrs != dataset_attrs:
-                error(
-                    f"Image {name} attributes must be equal across all images of the dataset.  Got:\n"
-                    f"  dataset width/cur image width: {dataset_attrs[0]}/{attrs[0]}\n"
-                    f"  dataset height/cur image height: {dataset_attrs[1]}/{attrs[1]}\n"
-                    f"  dataset channels/cur image channels: {dataset_attrs[2]}/{attrs[2]}"
-                )
-            out.save(name, encode_png(img))
-            labels.append([name, label] if label is not None else None)
-            if label is None:
-                unlabelled += 1
-                first_unlabelled = first_unlabelled or source_name
-        if has_labels and unlabelled:
+        labels, unlabelled, num_dropped = _write_images(out, items, count, transform_fn, channels)
+        if label_info.has_labels and unlabelled:
             # As in the reference, the labels become null; the warning says why a labelled source lost them.
             print(
-                f"Warning: {unlabelled} of {len(labels)} images have no label in {LABELS_FILE} "
-                f"(first: {first_unlabelled}); writing the dataset without labels",
+                f"Warning: {len(unlabelled)} of {len(labels)} images have no label in {LABELS_FILE} "
+                f"(first: {unlabelled[0]}); writing the dataset without labels",
                 file=sys.stderr,
             )
         if not labels:
             source_is_empty = count == 0 and max_images != 0  # --max-images 0 still reads one image
             _warn_nothing_written(dest, source_is_empty, num_dropped, transform)
-        metadata = {"labels": labels if all(entry is not None for entry in labels) else None}
+        metadata = {"labels": labels if not unlabelled else None}
+        if label_info.class_names is not None and not unlabelled:
+            metadata[CLASS_NAMES_KEY] = label_info.class_names
         out.save(LABELS_FILE, json.dumps(metadata).encode("utf-8"))
+
+
+def _write_images(out, items, count, transform_fn, channels):
+    """Convert and save every item; returns ([name, label] pairs or None per image, source names of the images
+    without a label, number of images the transform dropped)."""
+    dataset_attrs = None
+    labels, unlabelled = [], []
+    num_dropped = 0
+    for idx, (img, label, source_name) in enumerate(tqdm(items, total=count)):
+        name = archive_name(idx)
+        if img.dtype != np.uint8:
+            error(f"Image {name}: expected 8 bits per channel, found {img.dtype}")
+        try:
+            img = transform_fn(to_channels(img, channels))
+        except ValueError as exc:
+            error(f"Image {name}: {exc}")
+        if img is None:
+            num_dropped += 1
+            continue  # dropped by the transform; its index stays unused
+        attrs = _image_attrs(img)
+        if dataset_attrs is None:
+            _check_first_image(*attrs)
+            dataset_attrs = attrs
+        elif attrs != dataset_attrs:
+            error(
+                f"Image {name} attributes must be equal across all images of the dataset.  Got:\n"
+                f"  dataset width/cur image width: {dataset_attrs[0]}/{attrs[0]}\n"
+                f"  dataset height/cur image height: {dataset_attrs[1]}/{attrs[1]}\n"
+                f"  dataset channels/cur image channels: {dataset_attrs[2]}/{attrs[2]}"
+            )
+        out.save(name, encode_png(img))
+        labels.append([name, label] if label is not None else None)
+        if label is None:
+            unlabelled.append(source_name)
+    return labels, unlabelled, num_dropped
 
 
 def _warn_nothing_written(dest: str, source_is_empty: bool, num_dropped: int, transform: str | None):
@@ -666,6 +970,19 @@ def _warn_nothing_written(dest: str, source_is_empty: bool, num_dropped: int, tr
     type=click.Choice(ON_UNREADABLE_CHOICES),
     default=None,
 )
+@click.option(
+    "--channels",
+    help="Channels of the written images: 1 (grayscale), 3 (RGB) or 4 (RGBA)  [default: as the source images, "
+    "gray+alpha becoming RGBA]",
+    type=click.Choice(["1", "3", "4"]),
+    default=None,
+)
+@click.option(
+    "--subfolders-as-labels",
+    help="Label each image of a folder or zip source by the immediate subfolder it lies in (sorted names -> class "
+    "0, 1, ...; the names are recorded in dataset.json as class_names)",
+    is_flag=True,
+)
 def main(
     ctx: click.Context,
     source: str,
@@ -676,6 +993,8 @@ def main(
     width: int | None,
     height: int | None,
     on_unreadable: str | None,
+    channels: str | None,
+    subfolders_as_labels: bool,
 ):
     """Convert an image dataset into the format used by the StyleGAN2-ADA training and metrics code.
 
@@ -693,21 +1012,31 @@ def main(
       folder   created if absent; must be empty if it exists
 
     The output holds uncompressed PNGs named NNNNN/imgNNNNNNNN.png (1000 per sub-folder) and a dataset.json at its
-    root. Output is written under a temporary name beside --dest and moved into place at the end, so a failed
-    run leaves no partial dataset.
+    root. Output is written under a hidden temporary name beside --dest (or inside it, for an existing empty
+    folder) and moved into place at the end, so a failed run leaves no partial dataset; what a killed run leaves
+    behind is removed by the next run to the same --dest.
 
     \b
     dataset.json has the form
       {"labels": [["00000/img00000000.png", 6], ["00000/img00000001.png", 9], ...]}
     with one [file name, label] pair per image, or {"labels": null} when the source has no labels. Labels come
-    from CIFAR-10/MNIST class indices or, for folders and zips, from a dataset.json of the same form in the source.
+    from CIFAR-10/MNIST class indices or, for folders and zips, from a dataset.json of the same form in the source,
+    or with --subfolders-as-labels from the subfolders (then dataset.json also holds "class_names": [...]).
+    Hidden files and folders (names starting with '.') are never read.
 
-    Training needs square images whose side is a power of two, all of the same size and either RGB or
-    grayscale; use --transform, --width and --height to get there. --transform=center-crop crops the largest
-    centered square and resizes it to --width x --height; --transform=center-crop-wide crops a band of the
+    Training needs images whose width and height are powers of two (square, or of an aspect ratio between 1:4 and
+    4:1), all of the same size and grayscale, RGB or RGBA; use --transform, --width, --height and --channels to get
+    there. --transform=center-crop crops the largest centred region of the --width:--height aspect ratio (a square
+    for square output) and resizes it to --width x --height; --transform=center-crop-wide crops a band of the
     output aspect ratio, resizes it to --width x --height and letter-boxes it into a black --width x --width
     square (--height must not exceed --width; images narrower than --width, or too short, are skipped).
-    Without --transform, images are only resized to --width/--height when these are given.
+    Without --transform, images are only resized to --width/--height when these are given. Alpha is kept when
+    the source images have it; --channels=1 or 3 composites RGBA over black, --channels=4 adds an opaque alpha.
+
+    \b
+    Example, class-labelled folders (data/cats/*.png, data/dogs/*.png) as a 2:1 RGBA dataset:
+      python dataset_tool.py --source=data --dest=~/datasets/pets.zip --subfolders-as-labels \\
+          --transform=center-crop --width=256 --height=128 --channels=4
 
     \b
     Example, LSUN cars as 512x384 content letter-boxed into 512x512:
@@ -716,6 +1045,12 @@ def main(
     """
     if dest == "":
         ctx.fail("--dest output filename or directory must not be an empty string")
+    if max_images == 0:
+        print(
+            "Warning: --max-images=0 still converts the first image (the reference's behaviour); "
+            "use --max-images=1 to say so",
+            file=sys.stderr,
+        )
     try:
         convert_dataset(
             source,
@@ -726,6 +1061,8 @@ def main(
             width=width,
             height=height,
             on_unreadable=on_unreadable,
+            channels=None if channels is None else int(channels),
+            subfolders_as_labels=subfolders_as_labels,
         )
     except DatasetToolError as exc:
         print("Error: " + str(exc))

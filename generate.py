@@ -8,8 +8,8 @@ import torch
 
 from dnnlib import cli
 from torch_utils import images
-from torch_utils.launch import default_device
-from training import pickles
+from torch_utils.launch import DeviceError, resolve_device
+from training import inference, pickles, sefa
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -39,46 +39,60 @@ def load_projected_w(path: str, G) -> torch.Tensor:
             f"--projected-w {path}: expected w of shape [K, {G.num_ws}, {G.w_dim}] (num_ws, w_dim of the network), "
             f"found {list(ws.shape)}"
         )
+    bad = np.count_nonzero(~np.isfinite(ws))
+    if bad:
+        raise click.ClickException(
+            f"--projected-w {path}: w holds {bad} NaN or infinite values; expected finite numbers"
+        )
     return torch.from_numpy(ws.astype(np.float32))
 
 
-def make_label(G, class_idx: int | None, device: torch.device) -> torch.Tensor:
-    """One-hot label [1, c_dim] (all zeros and of width 0 for unconditional networks)."""
-    label = torch.zeros([1, G.c_dim], device=device)
-    if G.c_dim == 0:
-        if class_idx is not None:
-            print("warn: --class=lbl ignored when running on an unconditional network")
-        return label
-    if class_idx is None:
-        raise click.UsageError("Must specify class label with --class when using a conditional network")
-    if not 0 <= class_idx < G.c_dim:
-        raise click.UsageError(f"--class={class_idx} is out of range for a network with {G.c_dim} classes")
-    label[:, class_idx] = 1
+def make_label(G, class_value: str | None, class_names: list[str] | None, device: torch.device) -> torch.Tensor:
+    """One-hot label [1, c_dim] for `--class` (an index, or a name the snapshot recorded); width 0 if unconditional."""
+    with cli.usage_errors(inference.ClassLabelError):
+        label, warning = inference.class_label(G.c_dim, class_value, class_names, device)
+    if warning is not None:
+        print(warning)
     return label
 
 
 def save_png(img: torch.Tensor, path: str) -> None:
-    """Generator output `[1, C, H, W]` -> 8-bit PNG (x * 127.5 + 128, clamped, truncated; 1 or 3 channels)."""
+    """Generator output `[1, C, H, W]` -> 8-bit PNG (x * 127.5 + 128, clamped, truncated; 1, 3 or 4 channels)."""
     with cli.errors_as_messages(images.ImageChannelsError):
         images.to_pil(images.generator_to_hwc(img)[0]).save(path)
 
 
-def render_projected_w(G, path: str, noise_mode: str, outdir: str, device: torch.device) -> None:
+def render_projected_w(G, path: str, noise_mode: str, outdir: str, device: torch.device, edit=None) -> None:
     """Save the image of every W vector of a projector result as <outdir>/projNN.png."""
     print(f'Generating images from projected W "{path}"')
     ws = load_projected_w(path, G).to(device)
+    ws = ws if edit is None else edit(ws)
     for idx, w in enumerate(ws):
         img = G.synthesis(w.unsqueeze(0), noise_mode=noise_mode)
         save_png(img, os.path.join(outdir, f"proj{idx:02d}.png"))
 
 
-def render_seeds(G, seeds, label, truncation_psi: float, noise_mode: str, outdir: str, device: torch.device) -> None:
-    """Save the image of every seed's z (with `label` `[1, c_dim]`) as <outdir>/seedNNNN.png."""
+def render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device: torch.device, edit=None) -> None:
+    """Save the image of every seed's z (with `label` `[1, c_dim]`) as <outdir>/seedNNNN.png; `edit` maps its ws."""
     for seed_idx, seed in enumerate(seeds):
         print(f"Generating image for seed {seed} ({seed_idx}/{len(seeds)}) ...")
         z = torch.from_numpy(seed_to_z(seed, G.z_dim)).to(device=device, dtype=torch.float32)
-        img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        if edit is None:
+            img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        else:
+            img = G.synthesis(edit(G.mapping(z, label, truncation_psi=truncation_psi)), noise_mode=noise_mode)
         save_png(img, os.path.join(outdir, f"seed{seed:04d}.png"))
+
+
+def direction_edit(G, direction: str | None, strength: float | None):
+    """--direction FILE:INDEX and --strength -> a function ws [N, num_ws, w_dim] -> edited ws, or None."""
+    if (direction is None) != (strength is None):
+        raise click.UsageError("--direction and --strength go together: give both or neither")
+    if direction is None:
+        return None
+    with cli.errors_as_messages(sefa.DirectionError):
+        vector, rows = sefa.load_direction(direction, G.num_ws, G.w_dim)
+    return lambda ws: sefa.apply_direction(ws, vector, rows, strength)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -88,7 +102,7 @@ def render_seeds(G, seeds, label, truncation_psi: float, noise_mode: str, outdir
 @click.option("--network", "network_pkl", help="Snapshot to render from (file or URL)", required=True)
 @click.option("--seeds", type=cli.NumRange(seed=True), help="Seeds to render, e.g. 0-7 or 3,14,15")
 @cli.truncation_option()
-@click.option("--class", "class_idx", type=int, help="Class index for conditional networks")
+@cli.class_option()
 @cli.noise_mode_option()
 @click.option(
     "--projected-w",
@@ -96,7 +110,15 @@ def render_seeds(G, seeds, label, truncation_psi: float, noise_mode: str, outdir
     type=str,
     metavar="FILE",
 )
+@click.option(
+    "--direction",
+    metavar="FILE:INDEX",
+    help="Edit: add --strength times direction INDEX of a sefa.py directions.npz to the w of every image",
+)
+@click.option("--strength", type=cli.FiniteFloat(), help="How far to move along --direction (w units, may be < 0)")
 @click.option("--outdir", help="Folder for the PNG files", type=str, required=True, metavar="DIR")
+@cli.device_option()
+@cli.trust_pickle_option()
 @torch.no_grad()
 def generate_images(
     network_pkl: str,
@@ -104,14 +126,19 @@ def generate_images(
     truncation_psi: float,
     noise_mode: str,
     outdir: str,
-    class_idx: int | None,
+    class_value: str | None,
     projected_w: str | None,
+    direction: str | None,
+    strength: float | None,
+    device: str,
+    trust_pickle: bool,
 ):
     """Render images from a network pickle (file name or URL; the G_ema network is used).
 
     Each seed of --seeds (a range such as 0-5, or a list such as 3,14,15) gives one latent
     z = RandomState(seed).randn(z_dim), rendered with truncation --trunc and saved as <outdir>/seedNNNN.png.
-    Conditional networks need --class. With --projected-w (a projector.py result), every W vector of the file
+    Conditional networks need --class: a class index, or a class name when the training set recorded names
+    (dataset_tool.py --subfolders-as-labels). With --projected-w (a projector.py result), every W vector of the file
     is rendered instead and saved as <outdir>/projNN.png.
 
     \b
@@ -119,24 +146,32 @@ def generate_images(
       python generate.py --network=snapshot.pkl --seeds=0-7 --outdir=out
       python generate.py --network=snapshot.pkl --seeds=3,14,15 --trunc=0.7 --outdir=out
       python generate.py --network=cifar10.pkl --seeds=0-15 --class=4 --outdir=out
+      python generate.py --network=animals.pkl --seeds=0-15 --class=cats --device=cpu --outdir=out
       python generate.py --network=snapshot.pkl --projected-w=out/projected_w.npz --outdir=out
+      python generate.py --network=snapshot.pkl --seeds=0-7 --direction=sefa/directions.npz:0 --strength=3 \\
+          --outdir=out
+
+    --direction moves the w rows the file lists: all of them, or those of the layers sefa.py --layers chose.
     """
     cli.check_outdir(outdir)
+    with cli.errors_as_messages(DeviceError):
+        device = resolve_device(device)
     print(f'Loading networks from "{network_pkl}"...')
-    device = default_device()
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        G = pickles.load_network_from(network_pkl)["G_ema"].to(device)
+        snapshot = pickles.load_network_from(network_pkl, allow_code=trust_pickle)
+    G = inference.run_float32_off_cuda(snapshot["G_ema"].to(device), device)
+    edit = direction_edit(G, direction, strength)
     cli.make_outdir(outdir)
 
     if projected_w is not None:
         if seeds is not None:
             print("warn: --seeds is ignored when using --projected-w")
-        render_projected_w(G, projected_w, noise_mode, outdir, device)
+        render_projected_w(G, projected_w, noise_mode, outdir, device, edit)
         return
     if seeds is None:
         raise click.UsageError("--seeds option is required when not using --projected-w")
-    label = make_label(G, class_idx, device)
-    render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device)
+    label = make_label(G, class_value, inference.class_names_of(snapshot), device)
+    render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device, edit)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

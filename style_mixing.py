@@ -10,8 +10,8 @@ from click.core import ParameterSource
 
 from dnnlib import cli
 from torch_utils import images
-from torch_utils.launch import default_device
-from training import pickles
+from torch_utils.launch import DeviceError, resolve_device
+from training import inference, pickles
 
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -45,11 +45,14 @@ def mix_styles(G, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, 
     return mixed
 
 
-def make_grid(mixed: dict, row_seeds, col_seeds, resolution: int, channels: int) -> PIL.Image.Image:
-    """Black top-left cell, column seeds' own images on top, row seeds' own images on the left, mixes inside."""
-    canvas = PIL.Image.new(
-        images.PIL_MODES[channels], (resolution * (len(col_seeds) + 1), resolution * (len(row_seeds) + 1))
-    )
+def make_grid(mixed: dict, row_seeds, col_seeds) -> PIL.Image.Image:
+    """Black top-left cell, column seeds' own images on top, row seeds' own images on the left, mixes inside.
+
+    `mixed` maps seed pairs to uint8 `[H, W, C]` tiles (any H, W); the grid is `(rows + 1) * H` by `(cols + 1) * W`
+    in the PNG mode of C channels (RGBA: the empty corner is transparent black).
+    """
+    height, width, channels = next(iter(mixed.values())).shape
+    canvas = PIL.Image.new(images.PIL_MODES[channels], (width * (len(col_seeds) + 1), height * (len(row_seeds) + 1)))
     for row_idx, row_seed in enumerate([None, *row_seeds]):
         for col_idx, col_seed in enumerate([None, *col_seeds]):
             if row_seed is None and col_seed is None:
@@ -60,7 +63,7 @@ def make_grid(mixed: dict, row_seeds, col_seeds, resolution: int, channels: int)
                 key = (row_seed, row_seed)
             else:
                 key = (row_seed, col_seed)
-            canvas.paste(images.to_pil(mixed[key]), (resolution * col_idx, resolution * row_idx))
+            canvas.paste(images.to_pil(mixed[key]), (width * col_idx, height * row_idx))
     return canvas
 
 
@@ -106,6 +109,8 @@ def check_styles(col_styles: list[int], num_ws: int):
 @cli.truncation_option()
 @cli.noise_mode_option()
 @click.option("--outdir", help="Folder for the cell images and grid.png", type=str, required=True, metavar="DIR")
+@cli.device_option()
+@cli.trust_pickle_option()
 @torch.no_grad()
 def generate_style_mix(
     network_pkl: str,
@@ -115,6 +120,8 @@ def generate_style_mix(
     truncation_psi: float,
     noise_mode: str,
     outdir: str,
+    device: str,
+    trust_pickle: bool,
 ):
     """Render a style-mixing grid from an unconditional network pickle (file name or URL; G_ema is used).
 
@@ -129,12 +136,12 @@ def generate_style_mix(
           --styles=0-6 --outdir=out
     """
     cli.check_outdir(outdir)
-    if not row_seeds and not col_seeds:
-        raise click.UsageError("--rows and --cols name no seed at all")
+    with cli.errors_as_messages(DeviceError):
+        device = resolve_device(device)
     print(f'Loading networks from "{network_pkl}"...')
-    device = default_device()
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        G = pickles.load_network_from(network_pkl)["G_ema"].to(device)
+        G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"]
+    G = inference.run_float32_off_cuda(G.to(device), device)
     if G.c_dim != 0:
         raise click.UsageError(f"style_mixing.py supports unconditional networks only; this one has c_dim={G.c_dim}")
     if G.img_channels not in images.PIL_MODES:
@@ -149,7 +156,7 @@ def generate_style_mix(
         images.to_pil(image).save(os.path.join(outdir, f"{row_seed}-{col_seed}.png"))
 
     print("Saving image grid...")
-    grid = make_grid(mixed, row_seeds, col_seeds, G.img_resolution, G.img_channels)
+    grid = make_grid(mixed, row_seeds, col_seeds)
     grid.save(os.path.join(outdir, "grid.png"))
 
 

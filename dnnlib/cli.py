@@ -47,6 +47,16 @@ def noise_mode_option():
     )
 
 
+def class_option():
+    """`--class` -> parameter `class_value` (a string): a class index, or a class name the training set recorded."""
+    return click.option(
+        "--class",
+        "class_value",
+        help="Class of conditional networks: an index, or a class name the training set recorded",
+        metavar="INDEX|NAME",
+    )
+
+
 def trust_pickle_option():
     """`--trust-pickle` -> parameter `trust_pickle` (a flag): let a network pickle run the code it carries."""
     return click.option(
@@ -123,6 +133,15 @@ def errors_as_messages(*error_types: type[BaseException], prefix: str = "") -> I
         raise click.ClickException(f"{prefix}{exc}") from exc
 
 
+@contextlib.contextmanager
+def usage_errors(*error_types: type[BaseException]) -> Iterator[None]:
+    """Inside the block, an error of one of `error_types` is a usage error (click's `Error:` line, exit status 2)."""
+    try:
+        yield
+    except error_types as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Parameter types
 
@@ -157,7 +176,11 @@ def parse_num_range(text: str, seed: bool = False) -> list[int]:
 
 
 class NumRange(click.ParamType):
-    """A `parse_num_range` option value (`--seeds 0-7`, `--styles 0,1,2`); `seed=True` range-checks seeds."""
+    """A `parse_num_range` option value (`--seeds 0-7`, `--styles 0,1,2`); `seed=True` range-checks seeds.
+
+    A range that names no value (`5-3`) is a usage error: every option of this type selects what to compute, so an
+    empty one would silently do nothing.
+    """
 
     name = "num_range"
 
@@ -168,9 +191,12 @@ class NumRange(click.ParamType):
         if isinstance(value, list):
             return value
         try:
-            return parse_num_range(value, seed=self.seed)
+            values = parse_num_range(value, seed=self.seed)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if not values:
+            self.fail("the range names no value (in a-b, b must not be less than a)", param, ctx)
+        return values
 
 
 class FiniteFloat(click.types.FloatParamType):

@@ -386,11 +386,24 @@ def _broadcast_flag(flag, opts):
     return float(flag.cpu()) != 0
 
 
-def tile_to_rgb(images):
-    """Detectors expect RGB: repeat a single channel three times. `images`: [N, C, H, W]."""
-    if images.shape[1] == 1:
-        images = images.repeat([1, 3, 1, 1])
-    return images
+def detector_rgb(images, max_value=255):
+    """What every detector sees of an image batch: RGB `[N, 3, H, W]` from `[N, C, H, W]` pixel values.
+
+    C = 1: the channel repeated three times; C = 3: as it is; C = 4 (RGBA): the colour composited over black,
+    `rgb * alpha / max_value`, with alpha clamped to [0, max_value] (uint8 input is rounded back to uint8). The
+    dtype is kept; 1- and 3-channel values are not touched, so their numbers are the reference's.
+    """
+    num_channels = images.shape[1]
+    if num_channels == 1:
+        return images.repeat([1, 3, 1, 1])
+    if num_channels == 3:
+        return images
+    assert num_channels == 4, f"detectors take 1, 3 or 4 (RGBA) channels, got {num_channels}"
+    alpha = images[:, 3:].to(torch.float32).clamp(0, max_value) / max_value
+    over_black = images[:, :3].to(torch.float32) * alpha
+    if images.dtype == torch.uint8:
+        return over_black.round().to(torch.uint8)
+    return over_black.to(images.dtype)
 
 
 def _shard_indices(num_items, num_gpus, rank):
@@ -447,7 +460,7 @@ def compute_feature_stats_for_dataset(
         **data_loader_kwargs,
     )
     for images, _labels in loader:
-        images = tile_to_rgb(images)
+        images = detector_rgb(images)
         features = detector(images.to(opts.device), **detector_kwargs)
         stats.append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
         progress.update(stats.num_items)
@@ -497,7 +510,7 @@ def compute_feature_stats_for_generator(
 
     while not stats.is_full():
         images = torch.cat([generator_call() for _ in range(batch_size // batch_gen)])
-        features = detector(tile_to_rgb(images), **detector_kwargs)
+        features = detector(detector_rgb(images), **detector_kwargs)
         stats.append_torch(features, num_gpus=opts.num_gpus, rank=opts.rank)
         progress.update(stats.num_items)
     return stats

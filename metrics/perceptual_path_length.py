@@ -56,17 +56,17 @@ class PPLSampler(torch.nn.Module):
                 buf.copy_(torch.randn_like(buf))
 
     def _lpips_input(self, img):
-        """Synthesised images `[2B, C, R, R]` -> VGG16 input: cropped, box-filtered, pixel range, three channels."""
+        """Synthesised images `[2B, C, H, W]` -> VGG16 input: cropped, box-filtered, pixel range, three channels."""
         if self.crop:
-            assert img.shape[2] == img.shape[3], f"crop needs square images, got {list(img.shape)}"
-            eighth = img.shape[2] // 8
-            img = img[:, :, 3 * eighth : 7 * eighth, 2 * eighth : 6 * eighth]
+            # The face crop in eighths of each side: rows 3/8..7/8, columns 2/8..6/8 (non-square images alike).
+            row, col = img.shape[2] // 8, img.shape[3] // 8
+            img = img[:, :, 3 * row : 7 * row, 2 * col : 6 * col]
         # The factor comes from the full resolution even after cropping (reference behaviour).
         factor = self.G.img_resolution // LPIPS_MAX_RES
         if factor > 1:
             img = img.unflatten(3, (-1, factor)).unflatten(2, (-1, factor)).mean([3, 5])
         img = (img + 1) * (255 / 2)
-        return metric_utils.tile_to_rgb(img)
+        return metric_utils.detector_rgb(img)
 
     def forward(self, c):
         """`c`: labels `[B, c_dim]` on the device. Random draws, in order: t, z pair, noise buffers."""

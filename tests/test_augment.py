@@ -244,3 +244,74 @@ def test_full_convolution_matches_numpy_up_to_rounding():
         np.testing.assert_allclose(ours, np.convolve(x, h), rtol=1e-12, atol=1e-15)
     # One rounding keeps the residue of 0.1 * 10; rounding the product first gives 0.1 * 10 - 1 == 0.
     assert augment._fma(0.1, 10.0, -1.0) == 5.551115123125783e-17
+
+
+# ----------------------------------------------------------------------------
+# RGBA (issue 14) and non-square images (issue 15).
+
+
+def _smooth_images(batch, channels, height, width, seed=0):
+    """Low-frequency images in [-1, 1]: the 2x resampling reproduces them closely."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand([batch, channels, height // 4, width // 4], generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=[height, width], mode="bilinear", align_corners=False)
+
+
+def _seeded(pipe, images, seed=5, **kwargs):
+    torch.manual_seed(seed)
+    return pipe(images, **kwargs)
+
+
+def test_rgba_colour_transforms_leave_alpha_and_match_rgb():
+    rgba = _smooth_images(4, 4, 16, 16)
+    pipe = augment.AugmentPipe(**augment.AUGPIPE_SPECS["color"])
+    out = _seeded(pipe, rgba)
+    assert torch.equal(out[:, 3], rgba[:, 3])  # alpha untouched
+    assert torch.equal(out[:, :3], _seeded(pipe, rgba[:, :3].clone()))  # RGB exactly as a 3-channel image
+    assert not torch.allclose(out[:, :3], rgba[:, :3])
+
+
+def test_rgba_geometric_transforms_move_alpha_with_colour():
+    rgba = _smooth_images(4, 4, 32, 32)
+    bg = augment.AugmentPipe(**augment.AUGPIPE_SPECS["bg"])
+    bgc = augment.AugmentPipe(**augment.AUGPIPE_SPECS["bgc"])
+    out = _seeded(bgc, rgba)
+    # The geometric draws come first, so alpha follows exactly the warp a 1-channel image gets.
+    assert torch.allclose(out[:, 3:], _seeded(bg, rgba[:, 3:].clone()), atol=1e-6)
+    assert torch.allclose(out[:, :3], _seeded(bgc, rgba[:, :3].clone()), atol=1e-6)
+
+
+def test_rgba_full_pipe_keeps_shape_and_gradients():
+    rgba = _smooth_images(2, 4, 32, 32).requires_grad_(True)
+    out = _seeded(augment.AugmentPipe(**augment.AUGPIPE_SPECS["bgcfnc"]), rgba)
+    assert out.shape == rgba.shape
+    (grad,) = torch.autograd.grad(out.square().sum(), [rgba])
+    assert grad.shape == rgba.shape and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("height, width", [(32, 64), (64, 32)])
+def test_non_square_batch_keeps_shape_and_zero_p_is_identity(height, width):
+    images = _smooth_images(3, 3, height, width)
+    pipe = augment.AugmentPipe(**augment.AUGPIPE_SPECS["bgcfnc"])
+    assert _seeded(pipe, images).shape == images.shape
+    pipe.p.zero_()
+    assert_close(_seeded(pipe, images), images.numpy(), 1e-3, name=f"bgcfnc {width}x{height} with p=0")
+
+
+@pytest.mark.parametrize("height, width", [(32, 64), (64, 32)])
+def test_non_square_geometry_uses_each_side(height, width):
+    """Width and height are not mixed up: the isotropic zoom commutes with transposition, and a forced x-flip is a
+    mirror along the width."""
+    images = _smooth_images(3, 3, height, width)
+    zoom = augment.AugmentPipe(scale=1)
+    direct = _seeded(zoom, images)
+    transposed = _seeded(zoom, images.transpose(2, 3).contiguous())
+    assert torch.allclose(direct.transpose(2, 3), transposed, atol=1e-5)
+    flipped = _seeded(augment.AugmentPipe(xflip=1), images, debug_percentile=0.75)  # floor(0.75 * 2) = 1: flip
+    # The 2x resampling filter is not symmetric, so a flip is exact only up to ~0.05; a wrong axis is off by ~0.5.
+    assert (flipped - images.flip(3)).abs().mean() < 0.02 < 0.2 < (flipped - images.flip(2)).abs().mean()
+    shifted = _seeded(augment.AugmentPipe(xint=1, xint_max=0.25), images, debug_percentile=1.0)
+    # (2d - 1) * 0.25 of each side: a whole-pixel shift of width/4 and height/4; the interior moves exactly so.
+    dx, dy = width // 4, height // 4
+    inner = shifted[:, :, dy + 4 : -4, dx + 4 : -4]
+    assert (inner - images[:, :, 4 : height - dy - 4, 4 : width - dx - 4]).abs().mean() < 0.02

@@ -320,3 +320,72 @@ def test_network_loading_errors_name_the_option_and_the_file(tmp_path, monkeypat
     url = "https://example.invalid/net.pkl"
     monkeypatch.setattr(dnnlib.util, "open_url", lambda *args, **kwargs: io.BytesIO(b"\x80\x04"))
     assert message(url) == f"--network: {url}: not a network pickle (truncated)"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# --device, --trust-pickle and failures inside spawned processes.
+
+
+def test_cli_worker_failure_with_several_processes_is_one_line(env, snapshot, tmp_path):
+    """With --gpus=2 (two CPU processes here) a failing worker gives one Error line, not its traceback."""
+    broken = tmp_path / "detectors"
+    broken.mkdir()
+    (broken / "inception-2015-12-05.pt").write_bytes(b"not a TorchScript archive")
+    proc = run_cli(
+        dnnlib.EasyDict(env, detector_dir=str(broken)),
+        f"--network={snapshot.pkl}",
+        "--metrics=kid50k_full",
+        "--gpus=2",
+        "--device=cpu",
+        "--verbose=false",
+        shrink=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith("Error: --gpus=2: process 0 failed: RuntimeError: "), output
+
+
+def test_cli_device_options(env, snapshot):
+    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        proc = run_cli(env, f"--network={snapshot.pkl}", "--metrics=kid50k_full", "--device=mps", shrink=False)
+        assert proc.returncode == 1
+        output = proc.stdout + proc.stderr
+        assert "Error: --device mps: this machine has no Apple MPS device" in output
+        assert "Loading network" not in output and "Traceback" not in output
+    proc = run_cli(env, f"--network={snapshot.pkl}", "--metrics=kid50k_full", "--gpus=2", "--device=cuda:0",
+                   shrink=False)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    if torch.cuda.is_available():
+        assert proc.returncode == 2 and "--device cuda:0 names one GPU; with --gpus=2 use --device=cuda" in output
+    else:
+        assert proc.returncode == 1 and "Error: --device cuda:0: CUDA is not available on this machine" in output
+
+
+def test_device_per_rank_and_trust_pickle(tmp_path, monkeypatch):
+    import calc_metrics
+
+    assert calc_metrics.rank_device(torch.device("cpu"), 1, 2) == torch.device("cpu")
+    assert calc_metrics.rank_device(torch.device("cuda", 0), 1, 2) == torch.device("cuda", 1)
+    assert calc_metrics.rank_device(torch.device("cuda", 3), 0, 1) == torch.device("cuda", 3)
+
+    from training import pickles
+
+    calls = []
+
+    def fake_load(url, **kwargs):
+        calls.append(kwargs.get("allow_code"))
+        return dict(G_ema=tiny_generator(), training_set_kwargs=None)
+
+    monkeypatch.setattr(pickles, "load_network_from", fake_load)
+    calc_metrics._load_network("x.pkl", verbose=False)
+    calc_metrics._load_network("x.pkl", verbose=False, trust_pickle=True)
+    assert calls == [False, True]
+
+
+def test_cli_cpu_device_and_trust_pickle_flag(env, snapshot):
+    proc = run_cli(env, f"--network={snapshot.pkl}", "--metrics=kid50k_full", "--device=cpu", "--trust-pickle")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"results"')]
+    assert [record["metric"] for record in printed] == ["kid50k_full"]

@@ -468,10 +468,25 @@ def test_corrupt_and_truncated_images(tmp_path, kind, monkeypatch):
         ImageFolderDataset(write_folder(tmp_path / "bad_first", bad_first))
 
 
+ASPECT = "with an aspect ratio between 1:4 and 4:1"
+
+
+@pytest.mark.parametrize("height,width", [(8, 16), (16, 4)])
+def test_nonsquare_images(tmp_path, height, width):
+    path = write_folder(tmp_path / "wide", {"a.png": encode(np.zeros([height, width, 3], np.uint8))})
+    ds = ImageFolderDataset(path, resolution=max(height, width))
+    assert ds.image_shape == [3, height, width] and ds.resolution == max(height, width)
+    assert ds[0][0].shape == (3, height, width)
+    with pytest.raises(DatasetError, match=r"is \d+x\d+ pixels, expected 32x32 or a longer side of 32$"):
+        ImageFolderDataset(path, resolution=32)
+
+
 def test_bad_first_image_shapes(tmp_path):
     cases = {
-        "nonsquare": (np.zeros([8, 16, 3], np.uint8), r"expected a square image with a power-of-two side, found 16x8"),
-        "nonpow2": (np.zeros([12, 12, 3], np.uint8), r"expected a square image with a power-of-two side, found 12x12"),
+        # Non-square images are accepted up to 4:1 (see test_non_square_dataset); 8:1 is not.
+        "aspect": (np.zeros([4, 32, 3], np.uint8), r"expected an aspect ratio between 1:4 and 4:1, found 32x4 pixels"),
+        "nonpow2": (np.zeros([12, 12, 3], np.uint8), r"expected a width and a height .*powers of two, found 12x12"),
+        "nonpow2_side": (np.zeros([8, 12, 3], np.uint8), r"expected a width and a height .* found 12x8"),
         "16bit": (np.zeros([8, 8], np.uint16), r"expected 8-bit pixels \(uint8\), found uint16"),
     }
     for tag, (pixels, message) in cases.items():
@@ -493,7 +508,7 @@ def test_mixed_later_images(tmp_path, kind):
         "a.png": encode(make_pixels(0, 8, 3)),
         "b.png": encode(make_pixels(1, 16, 3)),  # Other resolution.
         "c.png": encode(make_pixels(2, 8, 1)),  # Other channel count.
-        "d.png": encode(np.zeros([8, 4, 3], np.uint8)),  # Not square.
+        "d.png": encode(np.zeros([8, 6, 3], np.uint8)),  # A side that is not a power of two.
         "e.png": encode(make_pixels(3, 8, 3)),
     }
     ds = ImageFolderDataset(make_source(kind, tmp_path, files), resolution=8)
@@ -501,7 +516,7 @@ def test_mixed_later_images(tmp_path, kind):
         ds[1]
     with pytest.raises(DatasetError, match=r"c\.png'.*: expected 8x8 pixels with 3 channel\(s\) .*found 8x8 with 1$"):
         ds[2]
-    with pytest.raises(DatasetError, match=r"d\.png'.*: expected a square image .*found 4x8 pixels"):
+    with pytest.raises(DatasetError, match=r"d\.png'.*: expected a width and a height .*found 6x8"):
         ds[3]
     assert ds[4][0].shape == (3, 8, 8)
 

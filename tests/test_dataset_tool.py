@@ -259,8 +259,10 @@ def test_max_images_zero_still_converts_one(tmp_path):
     src = tmp_path / "src"
     for i in range(3):
         save_image(src / f"{i}.png", random_image(rng, 4, 4))
-    run_tool("--source", src, "--dest", tmp_path / "out", "--max-images", 0)
+    result = run_tool("--source", src, "--dest", tmp_path / "out", "--max-images", 0)
     assert sorted(read_output(tmp_path / "out")) == ["00000/img00000000.png", "dataset.json"]
+    # ... which is said, since 0 reads like "none" (issue 12: no silent surprises).
+    assert "Warning: --max-images=0 still converts the first image (the reference's behaviour)" in result.stderr
 
 
 def test_empty_folder_gives_empty_label_list(tmp_path):
@@ -280,6 +282,8 @@ def test_empty_folder_gives_empty_label_list(tmp_path):
 def test_no_warning_when_images_are_written(tmp_path):
     save_image(tmp_path / "src" / "a.png", np.zeros([4, 4, 3], np.uint8))
     result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "o.zip", "--max-images", 0)
+    assert result.exit_code == 0 and "Warning: no images were written" not in result.stderr
+    result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "o.zip", "--max-images", 1)
     assert result.exit_code == 0 and "Warning" not in result.stderr
 
 
@@ -601,9 +605,14 @@ def test_crop_needs_width_and_height(tmp_path, transform, message):
 @pytest.mark.parametrize(
     "shape, message",
     [
-        ((4, 8, 4), "Error: Image dimensions after scale and crop are required to be square.  Got 8x4"),
-        ((4, 4, 4), "Error: Input images must be stored as RGB or grayscale"),
+        # Non-square (issue 15) up to 4:1 and RGBA (issue 14) are accepted now: see test_dataset_tool_features.py.
+        (
+            (4, 32, 4),
+            "Error: Image dimensions after scale and crop are required to be square or of an aspect ratio between "
+            "1:4 and 4:1.  Got 32x4",
+        ),
         ((6, 6, 3), "Error: Image width/height after scale and crop are required to be power-of-two"),
+        ((8, 6, 3), "Error: Image width/height after scale and crop are required to be power-of-two"),
     ],
 )
 def test_first_image_checks(tmp_path, shape, message):
@@ -611,6 +620,12 @@ def test_first_image_checks(tmp_path, shape, message):
     result = run_tool("--source", tmp_path / "src", "--dest", tmp_path / "out")
     assert (result.exit_code, result.stdout.strip()) == (1, message)
     assert_no_leftovers(tmp_path, {"src"})
+
+
+def test_first_image_channel_check():
+    """No decoder yields other counts than 1-4 (gray+alpha becomes RGBA); the check still names the choices."""
+    with pytest.raises(dataset_tool.DatasetToolError, match=r"^Input images must be stored as RGB, RGBA or grayscale"):
+        dataset_tool._check_first_image(4, 4, 5)
 
 
 @pytest.mark.parametrize(

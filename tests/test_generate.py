@@ -396,3 +396,157 @@ def test_projected_w_as_npy(tmp_path, uncond_pkl):
         )
         assert result.exit_code == 1, (name, result.output)
         assert message in result.stderr, name
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issues 12-15: empty ranges, non-finite W, --device, --trust-pickle, class names, RGBA, non-square images.
+
+
+def test_empty_seed_range_is_a_usage_error(tmp_path):
+    args = ["--network", "x.pkl", "--seeds", "5-3", "--outdir", str(tmp_path / "o")]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 2
+    assert "Invalid value for '--seeds': the range names no value (in a-b, b must not be less than a)" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_projected_w_with_non_finite_values_is_an_error(tmp_path, uncond_pkl, bad):
+    pkl, G = uncond_pkl
+    ws = np.zeros([2, G.num_ws, G.w_dim], np.float32)
+    ws[1, 2, 3] = bad
+    np.savez(tmp_path / "w.npz", w=ws)
+    args = ["--network", pkl, "--projected-w", str(tmp_path / "w.npz"), "--outdir", str(tmp_path / "o")]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (
+        f"Error: --projected-w {tmp_path / 'w.npz'}: w holds 1 NaN or infinite values; expected finite numbers\n"
+    )
+    assert os.listdir(tmp_path / "o") == []
+
+
+def test_device_cpu_and_unavailable_devices(tmp_path, uncond_pkl):
+    pkl, G = uncond_pkl
+    result = run_cli("--network", pkl, "--seeds", "7", "--device", "cpu", "--outdir", tmp_path / "cpu")
+    assert result.exit_code == 0, result.output
+    z = torch.from_numpy(np.random.RandomState(7).randn(1, G.z_dim))
+    with torch.no_grad():
+        expected = images.generator_to_hwc(copy.deepcopy(G).cpu()(z, None, noise_mode="const"))[0]
+    np.testing.assert_array_equal(read_png(tmp_path / "cpu" / "seed0007.png"), expected)  # CPU even where CUDA is
+
+    cases = [("cuda:x", "--device cuda:x: expected cuda or cuda:N with N a GPU index"), ("tpu", "expected one of")]
+    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        cases.append(("mps", "--device mps: this machine has no Apple MPS device"))
+    if not torch.cuda.is_available():
+        cases.append(("cuda:1", "--device cuda:1: CUDA is not available on this machine (try --device=cpu)"))
+    for spec, message in cases:
+        args = ["--network", pkl, "--seeds", "7", "--device", spec, "--outdir", str(tmp_path / spec)]
+        result = CliRunner().invoke(generate.generate_images, args)
+        assert result.exit_code == 1, (spec, result.output)
+        assert result.stderr.startswith("Error: ") and message in result.stderr, spec
+        assert len(result.stderr.splitlines()) == 1 and "Loading networks" not in result.stdout, spec
+
+
+def test_fp16_network_runs_in_float32_off_cuda(tmp_path):
+    """A network with fp16 blocks renders, on the CPU, exactly what force_fp32=True gives (not the fp16 rounding)."""
+    from training import networks
+
+    torch.manual_seed(8)
+    G = networks.Generator(
+        z_dim=Z_DIM, c_dim=0, w_dim=W_DIM, img_resolution=RESOLUTION, img_channels=3,
+        mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=8, num_fp16_res=2,
+                                                                 conv_clamp=256),
+    ).eval().requires_grad_(False)  # fmt: skip
+    with open(tmp_path / "fp16.pkl", "wb") as f:
+        pickle.dump(dict(G=G, D=G, G_ema=G, augment_pipe=None, training_set_kwargs=None), f)
+    result = run_cli("--network", tmp_path / "fp16.pkl", "--seeds", "0-3", "--device", "cpu", "--outdir", tmp_path)
+    assert result.exit_code == 0, result.output
+    differs = False
+    for seed in range(4):
+        actual = read_png(tmp_path / f"seed{seed:04d}.png")
+        z = torch.from_numpy(np.random.RandomState(seed).randn(1, Z_DIM))
+        with torch.no_grad():
+            fp32 = images.generator_to_hwc(G(z, None, noise_mode="const", force_fp32=True))[0]
+            fp16 = images.generator_to_hwc(G(z, None, noise_mode="const"))[0]
+        np.testing.assert_array_equal(actual, fp32)
+        differs |= not np.array_equal(fp32, fp16)
+    assert differs  # otherwise the test would not show anything
+
+
+def test_trust_pickle_is_passed_to_the_loader(tmp_path, monkeypatch):
+    from tool_stubs import StubGenerator, fake_loader
+
+    calls = []
+    fake_loader(monkeypatch, StubGenerator(), calls)
+    assert run_cli("--network", "x.pkl", "--seeds", "1", "--outdir", tmp_path).exit_code == 0
+    assert run_cli("--network", "x.pkl", "--seeds", "1", "--trust-pickle", "--outdir", tmp_path).exit_code == 0
+    assert [call.get("allow_code") for call in calls] == [False, True]
+
+
+def _with_entries(path, src, **entries):
+    with open(src, "rb") as f:
+        data = pickle.load(f)
+    kwargs = entries.pop("training_set_kwargs", None)
+    data.update(entries, training_set_kwargs=kwargs)
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    return str(path)
+
+
+@pytest.mark.parametrize("where", ["snapshot", "training_set_kwargs"])
+def test_class_by_name(tmp_path, cond_pkl, where):
+    pkl, G = cond_pkl
+    names = ["cats", "dogs", "3", "owls"]
+    entries = dict(class_names=names) if where == "snapshot" else dict(training_set_kwargs=dict(class_names=names))
+    named = _with_entries(tmp_path / "named.pkl", pkl, **entries)
+    result = run_cli("--network", named, "--seeds", "1", "--class", "owls", "--outdir", tmp_path / "owls")
+    assert result.exit_code == 0, result.output
+    result = run_cli("--network", named, "--seeds", "1", "--class", "3", "--outdir", tmp_path / "three")
+    assert result.exit_code == 0, result.output
+    assert "warn: --class=3 is taken as a class index ('owls'); the class named '3' has index 2" in result.stdout
+    onehot = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    for sub in ["owls", "three"]:
+        assert_same_image(read_png(tmp_path / sub / "seed0001.png"), expected_image(G, 1, c=onehot, noise_mode="const"))
+
+    args = ["--network", named, "--seeds", "1", "--class", "bats", "--outdir", str(tmp_path / "o")]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 2
+    assert "--class=bats is not a class of this network; its classes are: cats, dogs, 3, owls" in result.stderr
+
+    args = ["--network", pkl, "--seeds", "1", "--class", "cats", "--outdir", str(tmp_path / "o")]
+    result = CliRunner().invoke(generate.generate_images, args)
+    assert result.exit_code == 2
+    assert "--class=cats: this network recorded no class names; give a class index 0..3" in result.stderr
+
+
+def test_rgba_network_writes_rgba_png(tmp_path):
+    G = build_snapshot(tmp_path / "rgba.pkl", img_channels=4, seed=5)
+    assert run_cli("--network", tmp_path / "rgba.pkl", "--seeds", "2", "--outdir", tmp_path).exit_code == 0
+    with PIL.Image.open(tmp_path / "seed0002.png") as img:
+        assert img.mode == "RGBA"
+        actual = np.array(img)
+    assert_same_image(actual, expected_image(G, 2, noise_mode="const"))
+    assert len(np.unique(actual[:, :, 3])) > 1  # the alpha channel varies
+
+
+@pytest.mark.parametrize("height, width, channels", [(16, 32, 3), (32, 8, 1)])
+def test_non_square_generator(tmp_path, monkeypatch, height, width, channels):
+    from tool_stubs import StubGenerator, fake_loader
+
+    G = StubGenerator(height=height, width=width, channels=channels)
+    fake_loader(monkeypatch, G)
+    result = run_cli("--network", "stub.pkl", "--seeds", "4", "--trunc", 0.5, "--outdir", tmp_path)
+    assert result.exit_code == 0, result.output
+    z = torch.from_numpy(np.random.RandomState(4).randn(1, G.z_dim))
+    with torch.no_grad():
+        expected = images.generator_to_hwc(G(z, None, truncation_psi=0.5))[0]
+    with PIL.Image.open(tmp_path / "seed0004.png") as img:
+        assert img.size == (width, height) and img.mode == images.PIL_MODES[channels]
+        np.testing.assert_array_equal(np.array(img).reshape(expected.shape), expected)
+
+    ws = np.random.RandomState(1).randn(1, G.num_ws, G.w_dim).astype(np.float32)
+    np.savez(tmp_path / "w.npz", w=ws)
+    result = run_cli("--network", "stub.pkl", "--projected-w", tmp_path / "w.npz", "--outdir", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    with PIL.Image.open(tmp_path / "p" / "proj00.png") as img:
+        assert img.size == (width, height)

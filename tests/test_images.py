@@ -68,3 +68,9 @@ def test_open_image_refuses_declared_sizes_before_decoding(tmp_path):
     (tmp_path / "junk.png").write_bytes(b"not an image")
     with pytest.raises(images.ImageFileError, match=r"^junk.png: not an image file that Pillow can read"):
         images.open_image(tmp_path / "junk.png", "junk.png")
+
+
+def test_open_image_names_missing_files_and_folders(tmp_path):
+    for path in [tmp_path / "missing.png", tmp_path]:
+        with pytest.raises(images.ImageFileError, match=r"^x.png: cannot be opened \(\[Errno \d+\]"):
+            images.open_image(path, "x.png")

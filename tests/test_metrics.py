@@ -8,6 +8,7 @@ import sys
 import warnings
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from conftest import load_vectors
@@ -598,3 +599,77 @@ def test_two_process_gather_matches_single_process(tmp_path):
     torch.multiprocessing.start_processes(
         _two_process_worker, args=(str(tmp_path / "init"),), nprocs=2, start_method="fork"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# RGBA images (issue 14): the detectors see the RGB channels composited over black, reals and fakes alike.
+
+
+def test_detector_rgb_composites_rgba_over_black_and_keeps_1_and_3_channels():
+    gray = torch.randint(0, 256, [2, 1, 4, 4], dtype=torch.uint8)
+    rgb = torch.randint(0, 256, [2, 3, 4, 4], dtype=torch.uint8)
+    assert torch.equal(metric_utils.detector_rgb(gray), gray.repeat([1, 3, 1, 1]))
+    assert metric_utils.detector_rgb(rgb) is rgb
+    alpha = torch.tensor([0, 51, 128, 255], dtype=torch.uint8).reshape(1, 1, 1, 4).expand(2, 1, 4, 4)
+    out = metric_utils.detector_rgb(torch.cat([rgb, alpha], dim=1))
+    assert out.dtype == torch.uint8 and out.shape == (2, 3, 4, 4)
+    expected = (rgb.double() * alpha.double() / 255).round().to(torch.uint8)
+    assert torch.equal(out, expected)
+    assert (out[..., 0] == 0).all() and torch.equal(out[..., 3], rgb[..., 3])  # transparent -> black, opaque as is
+    # Float pixel values (PPL's LPIPS input): alpha clamped to [0, 255], no rounding.
+    floats = torch.cat([rgb.float(), torch.full([2, 1, 4, 4], 300.0)], dim=1)
+    assert torch.equal(metric_utils.detector_rgb(floats), rgb.float())
+
+
+class _RecordingDetector(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, img, **kwargs):
+        self.inputs.append(img.clone())
+        return img.to(torch.float32).flatten(2).mean(2)  # [N, 3]
+
+
+class _RGBAGenerator(torch.nn.Module):
+    """Generator stand-in: constant 4-channel images with a left-to-right alpha ramp from -1 to 1."""
+
+    z_dim, c_dim = 2, 0
+
+    def forward(self, z, c, **kwargs):
+        colour = torch.full([z.shape[0], 3, 4, 4], 0.5)
+        alpha = torch.linspace(-1, 1, 4).reshape(1, 1, 1, 4).expand(z.shape[0], 1, 4, 4)
+        return torch.cat([colour, alpha], dim=1)
+
+
+def test_feature_passes_composite_rgba_reals_and_fakes(tmp_path, monkeypatch):
+    rng = np.random.RandomState(0)
+    rgba = [rng.randint(0, 256, size=[4, 4, 4]).astype(np.uint8) for _ in range(3)]
+    folder = tmp_path / "rgba"
+    folder.mkdir()
+    for i, pixels in enumerate(rgba):
+        PIL.Image.fromarray(pixels, "RGBA").save(folder / f"{i}.png")
+    detector = _RecordingDetector()
+    monkeypatch.setattr(metric_utils, "get_feature_detector", lambda **kwargs: detector)
+    opts = metric_utils.MetricOptions(
+        G=_RGBAGenerator(),
+        dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path=str(folder)),
+        device=torch.device("cpu"),
+        cache=False,
+    )
+    loader_kwargs = dict(num_workers=0)
+    metric_utils.compute_feature_stats_for_dataset(opts, "url", {}, data_loader_kwargs=loader_kwargs, capture_all=True)
+    (reals,) = detector.inputs
+    expected = [metric_utils.detector_rgb(torch.from_numpy(p.transpose(2, 0, 1))[None]) for p in rgba]
+    assert torch.equal(reals, torch.cat(expected))
+    assert reals.shape == (3, 3, 4, 4) and not torch.equal(
+        reals, torch.cat([torch.from_numpy(p.transpose(2, 0, 1)[:3])[None] for p in rgba])
+    )
+
+    detector.inputs.clear()
+    metric_utils.compute_feature_stats_for_generator(opts, "url", {}, batch_size=4, capture_all=True, max_items=4)
+    (fakes,) = detector.inputs
+    assert fakes.shape == (4, 3, 4, 4) and fakes.dtype == torch.uint8
+    alpha = (torch.linspace(-1, 1, 4) * 127.5 + 128).clamp(0, 255).to(torch.uint8).double()
+    colour = int(0.5 * 127.5 + 128)  # the generator's uint8 conversion truncates: 191
+    assert torch.equal(fakes[0, 0, 0], (colour * alpha / 255).round().to(torch.uint8))

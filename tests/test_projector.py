@@ -21,6 +21,7 @@ import dnnlib
 import projector
 from metrics import metric_utils
 from torch_utils.launch import default_device
+from training import projection
 
 Z_DIM = 16
 W_DIM = 16
@@ -64,7 +65,7 @@ class StandInVGG16(torch.nn.Module):
         return torch.tanh(torch.nn.functional.linear(pooled, self.proj))
 
 
-def build_generator(c_dim: int = 0, seed: int = 0):
+def build_generator(c_dim: int = 0, seed: int = 0, img_channels: int = 3):
     from training import networks
 
     torch.manual_seed(seed)
@@ -73,7 +74,7 @@ def build_generator(c_dim: int = 0, seed: int = 0):
         c_dim=c_dim,
         w_dim=W_DIM,
         img_resolution=RESOLUTION,
-        img_channels=3,
+        img_channels=img_channels,
         mapping_kwargs=dict(num_layers=2),
         synthesis_kwargs=dict(channel_base=128, channel_max=8),
     )
@@ -90,7 +91,7 @@ def write_snapshot(path, G):
     from training import networks
 
     D = networks.Discriminator(
-        c_dim=G.c_dim, img_resolution=RESOLUTION, img_channels=3, channel_base=128, channel_max=8
+        c_dim=G.c_dim, img_resolution=RESOLUTION, img_channels=G.img_channels, channel_base=128, channel_max=8
     )
     with open(path, "wb") as f:
         pickle.dump(dict(G=G, D=D, G_ema=G, augment_pipe=None, training_set_kwargs=None), f)
@@ -168,14 +169,14 @@ def ffmpeg_works() -> bool:
 
 
 def test_learning_rate_schedule():
-    lr = [projector.learning_rate_at(t, 0.1, 0.25, 0.05) for t in [0.0, 0.025, 0.05, 0.5, 0.75, 0.875, 0.999]]
+    lr = [projection.learning_rate_at(t, 0.1, 0.25, 0.05) for t in [0.0, 0.025, 0.05, 0.5, 0.75, 0.875, 0.999]]
     np.testing.assert_allclose(lr[:5], [0.0, 0.05, 0.1, 0.1, 0.1], atol=1e-12)
     np.testing.assert_allclose(lr[5], 0.1 * (0.5 - 0.5 * np.cos(0.5 * np.pi)), atol=1e-12)  # halfway down
     assert 0 < lr[6] < 1e-4
 
 
 def test_noise_scale_schedule():
-    scales = [projector.noise_scale_at(t, 2.0, 0.05, 0.75) for t in [0.0, 0.375, 0.75, 0.9]]
+    scales = [projection.noise_scale_at(t, 2.0, 0.05, 0.75) for t in [0.0, 0.375, 0.75, 0.9]]
     np.testing.assert_allclose(scales, [0.1, 0.025, 0.0, 0.0], atol=1e-12)
 
 
@@ -191,14 +192,14 @@ def _autocorr_reg_numpy(v: np.ndarray) -> float:
 
 def test_noise_regularization():
     # A constant map is perfectly correlated at every level: 2 per level; 32x32 has levels 32, 16, 8.
-    assert float(projector.noise_regularization([torch.ones([4, 4])])) == pytest.approx(2.0)
-    assert float(projector.noise_regularization([torch.ones([8, 8])])) == pytest.approx(2.0)
-    assert float(projector.noise_regularization([torch.ones([32, 32])])) == pytest.approx(6.0)
+    assert float(projection.noise_regularization([torch.ones([4, 4])])) == pytest.approx(2.0)
+    assert float(projection.noise_regularization([torch.ones([8, 8])])) == pytest.approx(2.0)
+    assert float(projection.noise_regularization([torch.ones([32, 32])])) == pytest.approx(6.0)
 
     rnd = np.random.RandomState(1)
     bufs = [rnd.randn(4, 4), rnd.randn(16, 16), rnd.randn(64, 64)]
     expected = sum(_autocorr_reg_numpy(b) for b in bufs)
-    actual = projector.noise_regularization([torch.from_numpy(b) for b in bufs])
+    actual = projection.noise_regularization([torch.from_numpy(b) for b in bufs])
     assert float(actual) == pytest.approx(expected, rel=1e-10)
 
 
@@ -207,7 +208,7 @@ def test_w_stats_use_fixed_seed(env):
     np.random.seed(0)
     before = np.random.get_state()[1].copy()
     with torch.no_grad():
-        w_avg, w_std = projector.compute_w_stats(G, 500, torch.device("cpu"))
+        w_avg, w_std = projection.compute_w_stats(G, 500, torch.device("cpu"))
     np.testing.assert_array_equal(np.random.get_state()[1], before)  # the global numpy RNG is not consumed
 
     z = torch.from_numpy(np.random.RandomState(123).randn(500, Z_DIM))
@@ -226,12 +227,12 @@ def test_project_function(env, capsys):
     target = torch.from_numpy(read_png(env["target_png"]).transpose(2, 0, 1).copy())
 
     torch.manual_seed(1)
-    ws = projector.project(G, target, num_steps=6, w_avg_samples=300, device=device, verbose=True)
+    ws = projection.project(G, target, num_steps=6, w_avg_samples=300, device=device, verbose=True)
     assert ws.shape == (6, G.num_ws, W_DIM) and ws.dtype == torch.float32
     assert torch.equal(ws, ws[:, :1].expand_as(ws))  # a single w broadcast to all layers
 
     with torch.no_grad():
-        w_avg, _ = projector.compute_w_stats(G, 300, device)
+        w_avg, _ = projection.compute_w_stats(G, 300, device)
     np.testing.assert_array_equal(ws[0, 0].numpy(), w_avg[0, 0])  # learning rate 0 at step 0
     assert not torch.equal(ws[-1], ws[0])
 
@@ -246,12 +247,12 @@ def test_project_function(env, capsys):
     assert "step    1/6: dist " in out  # step number right-aligned to width 4
 
     torch.manual_seed(1)
-    again = projector.project(G, target, num_steps=6, w_avg_samples=300, device=device)
+    again = projection.project(G, target, num_steps=6, w_avg_samples=300, device=device)
     assert torch.equal(again, ws)  # all randomness comes from the (seeded) torch RNG and RandomState(123)
     assert capsys.readouterr().out == ""  # not verbose
 
     with pytest.raises(AssertionError):
-        projector.project(G, target[:, :16], num_steps=1, w_avg_samples=10, device=device)
+        projection.project(G, target[:, :16], num_steps=1, w_avg_samples=10, device=device)
 
 
 def test_random_draw_order(env, monkeypatch):
@@ -277,9 +278,9 @@ def test_random_draw_order(env, monkeypatch):
         return result
 
     monkeypatch.setattr(torch, "randn_like", recording_randn_like)
-    monkeypatch.setattr(projector.copy, "deepcopy", recording_deepcopy)
+    monkeypatch.setattr(projection.copy, "deepcopy", recording_deepcopy)
     target = torch.from_numpy(read_png(env["target_png"]).transpose(2, 0, 1).copy())
-    projector.project(G, target, num_steps=3, w_avg_samples=10, device=torch.device("cpu"))
+    projection.project(G, target, num_steps=3, w_avg_samples=10, device=torch.device("cpu"))
 
     noise_shapes = [tuple(buf.shape) for name, buf in G.synthesis.named_buffers() if name.endswith("noise_const")]
     assert len(noise_shapes) == 2 * 4 - 1  # resolutions 4..32: one noise layer at 4, two per block above
@@ -297,10 +298,12 @@ def test_prepare_target_crops_centre_square():
     rnd = np.random.RandomState(2)
     wide = PIL.Image.fromarray(rnd.randint(0, 256, size=[40, 57, 3], dtype=np.uint8))  # w=57, h=40
     expected = np.array(wide.crop((8, 0, 48, 40)).resize((RESOLUTION, RESOLUTION), PIL.Image.LANCZOS))
-    np.testing.assert_array_equal(projector.prepare_target(wide, RESOLUTION), expected)
+    np.testing.assert_array_equal(projector.prepare_target(wide, RESOLUTION, RESOLUTION), expected)
     tall = PIL.Image.fromarray(rnd.randint(0, 256, size=[51, 32, 3], dtype=np.uint8))  # w=32, h=51
     expected = np.array(tall.crop((0, 9, 32, 41)))
-    np.testing.assert_array_equal(projector.prepare_target(tall, RESOLUTION), expected)  # same size: crop only
+    np.testing.assert_array_equal(
+        projector.prepare_target(tall, RESOLUTION, RESOLUTION), expected
+    )  # same size: crop only
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -370,7 +373,7 @@ def test_cli_seed_and_no_video(env, tmp_path):
         assert "Saving optimization progress video" not in result.stdout
         assert sorted(os.listdir(outdir)) == ["proj.png", "projected_w.npz", "target.png"]
         with PIL.Image.open(target_path) as img:
-            expected_target = projector.prepare_target(img.convert("RGB"), RESOLUTION)
+            expected_target = projector.prepare_target(img.convert("RGB"), RESOLUTION, RESOLUTION)
         np.testing.assert_array_equal(read_png(outdir / "target.png"), expected_target)
         with np.load(outdir / "projected_w.npz") as data:
             return data["w"]
@@ -425,7 +428,7 @@ def test_16bit_targets_are_scaled_not_clipped(mode):
         img = PIL.Image.frombytes(mode, (24, 24), values.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
     assert img.mode == mode
     assert (np.array(img.convert("RGB")) == 255).mean() > 0.9  # what plain convert('RGB') does
-    rgb = projector.to_rgb8(img)
+    rgb = projector.to_8bit(img, "RGB")
     assert rgb.mode == "RGB"
     expected = (values >> 8).astype(np.uint8)
     np.testing.assert_array_equal(np.array(rgb), np.stack([expected] * 3, axis=-1))
@@ -433,7 +436,7 @@ def test_16bit_targets_are_scaled_not_clipped(mode):
 
 def test_mode_i_is_clipped_to_16_bits():
     img = PIL.Image.fromarray(np.array([[-5, 0, 65535, 70000, 2**30]], dtype=np.int32))
-    assert np.array(projector.to_rgb8(img))[0, :, 0].tolist() == [0, 0, 255, 255, 255]
+    assert np.array(projector.to_8bit(img, "RGB"))[0, :, 0].tolist() == [0, 0, 255, 255, 255]
 
 
 def test_palette_and_8bit_targets_convert_as_before():
@@ -441,7 +444,7 @@ def test_palette_and_8bit_targets_convert_as_before():
     rgb = PIL.Image.fromarray(rnd.randint(0, 256, size=[16, 16, 3], dtype=np.uint8))
     palette = rgb.quantize(colors=16)
     for img in [palette, palette.convert("PA"), rgb, rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("LA")]:
-        np.testing.assert_array_equal(np.array(projector.to_rgb8(img)), np.array(img.convert("RGB")), img.mode)
+        np.testing.assert_array_equal(np.array(projector.to_8bit(img, "RGB")), np.array(img.convert("RGB")), img.mode)
 
 
 def test_cli_16bit_png_target(env, tmp_path):
@@ -455,7 +458,9 @@ def test_cli_16bit_png_target(env, tmp_path):
     result = run_cli(*args, "--outdir", outdir)
     assert result.exit_code == 0, result.output
     gray8 = PIL.Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
-    np.testing.assert_array_equal(read_png(outdir / "target.png"), projector.prepare_target(gray8, RESOLUTION))
+    np.testing.assert_array_equal(
+        read_png(outdir / "target.png"), projector.prepare_target(gray8, RESOLUTION, RESOLUTION)
+    )
 
 
 def test_cli_outdir_is_checked_before_the_network_is_loaded(env, tmp_path):
@@ -496,3 +501,199 @@ def test_cli_offline_vgg16_is_one_line_error(env, tmp_path, monkeypatch):
     result = CliRunner().invoke(projector.run_projection, [str(a) for a in args])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "Error: Could not load feature detector 'vgg16': downloading https://" in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# W+, channel counts, non-square networks, huge targets, --device and --trust-pickle.
+
+
+def images_module():
+    from torch_utils import images
+
+    return images
+
+
+def _lpips_distance(G, w: torch.Tensor, target: torch.Tensor) -> float:
+    """Stand-in LPIPS distance between the image of `w` [num_ws, w_dim] (constant noise) and `target` [3, H, W]."""
+    vgg16 = StandInVGG16()
+    with torch.no_grad():
+        synth = projection.lpips_features(vgg16, (G.synthesis(w[None], noise_mode="const") + 1) * 127.5)
+        return float((synth - projection.lpips_features(vgg16, target[None].to(torch.float32))).square().sum())
+
+
+def test_w_plus_reaches_a_lower_distance_than_w():
+    """On a generator-made target with a different w in every layer, W+ gets much closer than a single W."""
+    G = build_generator(seed=6)
+    with torch.no_grad():
+        for name, param in G.named_parameters():
+            if name.endswith("noise_strength"):
+                param.zero_()  # only W decides the image, so the comparison is about W vs W+ alone
+        z = torch.from_numpy(np.random.RandomState(20).randn(G.num_ws, Z_DIM))
+        w_target = G.mapping(z, None)[:, 0]  # [num_ws, w_dim]: one seed per layer
+    target = torch.from_numpy(render(G, w_target, torch.device("cpu")).transpose(2, 0, 1).copy())
+    results = {}
+    for w_plus in [False, True]:
+        torch.manual_seed(2)
+        results[w_plus] = projection.project(G, target, num_steps=50, w_avg_samples=300, w_plus=w_plus,
+                                             device=torch.device("cpu"))  # fmt: skip
+    ws_w, ws_plus = results[False], results[True]
+    assert ws_plus.shape == ws_w.shape == (50, G.num_ws, W_DIM) and ws_plus.dtype == torch.float32
+    assert torch.equal(ws_w, ws_w[:, :1].expand_as(ws_w))
+    assert len(np.unique(ws_plus[-1].numpy(), axis=0)) == G.num_ws  # every layer has its own w
+    with torch.no_grad():
+        w_avg, _ = projection.compute_w_stats(G, 300, torch.device("cpu"))
+    np.testing.assert_array_equal(ws_plus[0].numpy(), np.repeat(w_avg[0], G.num_ws, axis=0))  # lr 0 at step 0
+    dist_w, dist_plus = (_lpips_distance(G, ws[-1], target) for ws in (ws_w, ws_plus))
+    assert dist_plus < 0.8 * dist_w, (dist_plus, dist_w)
+
+
+def test_cli_w_plus_file_renders_with_generate(env, tmp_path):
+    import generate
+
+    outdir = tmp_path / "out"
+    args = ["--network", env["pkl"], "--target", env["target_png"], "--num-steps", 8, "--save-video", 0, "--w-plus"]
+    result = run_cli(*args, "--outdir", outdir)
+    assert result.exit_code == 0, result.output
+    with np.load(outdir / "projected_w.npz") as data:
+        w = data["w"]
+    assert w.shape == (1, env["G"].num_ws, W_DIM) and w.dtype == np.float32
+    assert len(np.unique(w[0], axis=0)) == env["G"].num_ws
+    assert_same_image(read_png(outdir / "proj.png"), render(env["G"], torch.from_numpy(w[0]), default_device()))
+
+    args = ["--network", env["pkl"], "--projected-w", str(outdir / "projected_w.npz"), "--outdir", str(tmp_path / "g")]
+    result = CliRunner().invoke(generate.generate_images, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with torch.no_grad():
+        img = (
+            copy.deepcopy(env["G"])
+            .to(default_device())
+            .synthesis(torch.from_numpy(w).to(default_device()), noise_mode="const")
+        )
+    assert_same_image(read_png(tmp_path / "g" / "proj00.png"), images_module().generator_to_hwc(img)[0])
+
+
+def test_perceptual_view_and_lpips_size():
+    x = torch.arange(2 * 4 * 3 * 5, dtype=torch.float32).reshape(2, 4, 3, 5)
+    assert torch.equal(projection.perceptual_view(x[:, :1]), x[:, :1].expand(2, 3, 3, 5))
+    assert torch.equal(projection.perceptual_view(x[:, :3]), x[:, :3])
+    assert torch.equal(projection.perceptual_view(x), x[:, :3])  # RGBA: the RGB part
+    assert projection.lpips_size(256, 128) == (256, 128)
+    assert projection.lpips_size(1024, 1024) == (256, 256)
+    assert projection.lpips_size(512, 1024) == (128, 256)
+    assert projection.lpips_size(1024, 256) == (256, 64)
+
+
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (4, "RGBA")])
+def test_cli_grayscale_and_rgba_networks(env, tmp_path, channels, mode):
+    G = build_generator(seed=3, img_channels=channels)
+    pkl = tmp_path / f"net{channels}.pkl"
+    write_snapshot(pkl, G)
+    outdir = tmp_path / "out"
+    args = ["--network", pkl, "--target", env["target_png"], "--num-steps", 12, "--save-video", int(ffmpeg_works())]
+    result = run_cli(*args, "--outdir", outdir)
+    assert result.exit_code == 0, result.output
+    dists = [float(d) for _, _, d, _ in STEP_LINE.findall(result.stdout)]
+    assert dists[-1] < dists[0]
+    with PIL.Image.open(env["target_png"]) as img:
+        expected_target = np.array(img.convert(mode)).reshape(RESOLUTION, RESOLUTION, channels)
+    with PIL.Image.open(outdir / "target.png") as img:
+        assert img.mode == mode
+        np.testing.assert_array_equal(np.array(img).reshape(expected_target.shape), expected_target)
+    with np.load(outdir / "projected_w.npz") as data:
+        w = data["w"]
+    with PIL.Image.open(outdir / "proj.png") as img:
+        assert img.mode == mode
+        proj = np.array(img).reshape(RESOLUTION, RESOLUTION, channels)
+    assert_same_image(proj, render(G, torch.from_numpy(w[0]), default_device()))
+    if ffmpeg_works():
+        import imageio_ffmpeg
+
+        reader = imageio_ffmpeg.read_frames(str(outdir / "proj.mp4"))
+        assert tuple(reader.__next__()["size"]) == (2 * RESOLUTION, RESOLUTION)
+        assert len(list(reader)) == 12
+
+
+def test_prepare_target_crops_to_the_network_aspect():
+    rnd = np.random.RandomState(3)
+    square = PIL.Image.fromarray(rnd.randint(0, 256, size=[40, 40, 3], dtype=np.uint8))
+    # 2:1 network (H=16, W=32) from a square image: keep the middle 40x20 band.
+    expected = np.array(square.crop((0, 10, 40, 30)).resize((32, 16), PIL.Image.LANCZOS))
+    np.testing.assert_array_equal(projector.prepare_target(square, 16, 32), expected)
+    # 1:2 network (H=32, W=16): the middle 20x40 column.
+    expected = np.array(square.crop((10, 0, 30, 40)).resize((16, 32), PIL.Image.LANCZOS))
+    np.testing.assert_array_equal(projector.prepare_target(square, 32, 16), expected)
+    gray = square.convert("L")
+    assert projector.prepare_target(gray, 16, 32).shape == (16, 32, 1)
+
+
+@pytest.mark.parametrize("w_plus", [False, True])
+def test_cli_non_square_network(tmp_path, monkeypatch, w_plus):
+    from tool_stubs import StubGenerator, fake_loader
+
+    G = StubGenerator(height=16, width=32, channels=3, seed=4)
+    fake_loader(monkeypatch, G)
+    target = tmp_path / "photo.png"
+    PIL.Image.fromarray(np.random.RandomState(5).randint(0, 256, size=[30, 50, 3], dtype=np.uint8)).save(target)
+    outdir = tmp_path / "out"
+    args = ["--network", "stub.pkl", "--target", target, "--num-steps", 6, "--save-video", int(ffmpeg_works())]
+    result = run_cli(*args, *(["--w-plus"] if w_plus else []), "--outdir", outdir)
+    assert result.exit_code == 0, result.output
+    with PIL.Image.open(target) as img:
+        expected_target = projector.prepare_target(img.convert("RGB"), 16, 32)
+    np.testing.assert_array_equal(read_png(outdir / "target.png"), expected_target)
+    assert read_png(outdir / "proj.png").shape == (16, 32, 3)
+    with np.load(outdir / "projected_w.npz") as data:
+        assert data["w"].shape == (1, G.num_ws, G.w_dim)
+        assert len(np.unique(data["w"][0], axis=0)) == (G.num_ws if w_plus else 1)
+    if ffmpeg_works():
+        import imageio_ffmpeg
+
+        assert tuple(imageio_ffmpeg.read_frames(str(outdir / "proj.mp4")).__next__()["size"]) == (64, 16)
+
+
+def _png_declaring(path, width: int, height: int):
+    """A tiny valid PNG whose header is rewritten to declare width x height (the pixels are never decoded)."""
+    import struct
+    import zlib
+
+    PIL.Image.new("L", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # chunk type + 13 data bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("size", [9000, 100000])
+def test_cli_huge_declared_target_is_one_line(env, tmp_path, size):
+    target = tmp_path / "bomb.png"
+    _png_declaring(target, size, size)
+    args = ["--network", env["pkl"], "--target", str(target), "--outdir", str(tmp_path / "o")]
+    result = CliRunner().invoke(projector.run_projection, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: Cannot read target image {target}: the image declares ")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_device_and_trust_pickle(env, tmp_path, monkeypatch):
+    args = ["--network", env["pkl"], "--target", env["target_png"], "--num-steps", 2, "--save-video", 0]
+    result = run_cli(*args, "--device", "cpu", "--outdir", tmp_path / "cpu")
+    assert result.exit_code == 0, result.output
+    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        result = CliRunner().invoke(projector.run_projection, [str(a) for a in args] + ["--device", "mps",
+                                    "--outdir", str(tmp_path / "mps")])  # fmt: skip
+        assert result.exit_code == 1
+        assert result.stderr == (
+            "Error: --device mps: this machine has no Apple MPS device (or this PyTorch build lacks it)\n"
+        )
+        assert not (tmp_path / "mps").exists()
+
+    from tool_stubs import StubGenerator, fake_loader
+
+    calls = []
+    fake_loader(monkeypatch, StubGenerator(height=32, width=32), calls)
+    assert run_cli(*args, "--outdir", tmp_path / "a").exit_code == 0
+    assert run_cli(*args, "--trust-pickle", "--outdir", tmp_path / "b").exit_code == 0
+    assert [call.get("allow_code") for call in calls] == [False, True]

@@ -104,14 +104,17 @@ def test_default_styles_and_noise_none(tmp_path, uncond_pkl):
     assert sorted(os.listdir(tmp_path)) == ["5-5.png", "5-6.png", "6-6.png", "grid.png"]
 
 
-def test_empty_rows_give_one_row_grid(tmp_path, uncond_pkl):
-    """An empty --rows range (as in the reference) leaves the column seeds' own images and a header-only grid."""
-    pkl, G = uncond_pkl
-    result = run_cli("--network", pkl, "--rows", "5-3", "--cols", "6,7", "--styles", "-1", "--outdir", tmp_path)
-    assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(tmp_path)) == ["6-6.png", "7-7.png", "grid.png"]
-    res = G.img_resolution
-    assert PIL.Image.open(tmp_path / "grid.png").size == (3 * res, res)
+@pytest.mark.parametrize("option", ["--rows", "--cols", "--styles"])
+def test_empty_ranges_are_usage_errors(tmp_path, uncond_pkl, option):
+    """An empty range (the reference silently leaves its seeds or layers out) is refused before anything is loaded."""
+    pkl, _G = uncond_pkl
+    args = {"--rows": "1", "--cols": "2", "--styles": "0-1", option: "5-3"}
+    result = run_cli("--network", pkl, *[x for item in args.items() for x in item], "--outdir", tmp_path / "o")
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': the range names no value (in a-b, b must not be less than a)" in (
+        result.stderr
+    )
+    assert not (tmp_path / "o").exists() and "Loading networks" not in result.stdout
 
 
 def test_errors(tmp_path, uncond_pkl):
@@ -125,7 +128,7 @@ def test_errors(tmp_path, uncond_pkl):
     assert result.exit_code == 2 and f"--styles index -{G.num_ws + 1} is out of range" in result.stderr
 
     result = run_cli("--network", pkl, "--rows", "5-3", "--cols", "7-6", "--outdir", tmp_path)
-    assert result.exit_code == 2 and "--rows and --cols name no seed at all" in result.stderr
+    assert result.exit_code == 2 and "Invalid value for '--rows': the range names no value" in result.stderr
 
     result = run_cli("--network", pkl, "--rows", "1-3,5", "--cols", "2", "--outdir", tmp_path, catch=True)
     assert result.exit_code == 2
@@ -198,3 +201,69 @@ def test_option_and_file_errors(tmp_path, uncond_pkl):
     result = run_cli("--network", empty, "--rows", "1", "--cols", "2", "--outdir", tmp_path / "o")
     assert result.exit_code == 1 and f"Error: {empty}: not a network pickle (file is empty)" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# --device, --trust-pickle, RGBA and non-square networks.
+
+
+def test_device_cpu_and_missing_mps(tmp_path, uncond_pkl):
+    pkl, _G = uncond_pkl
+    result = run_cli("--network", pkl, "--rows", "1", "--cols", "2", "--device", "cpu", "--outdir", tmp_path / "cpu")
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path / "cpu")) == ["1-1.png", "1-2.png", "2-2.png", "grid.png"]
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    result = run_cli("--network", pkl, "--rows", "1", "--cols", "2", "--device", "mps", "--outdir", tmp_path / "mps")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: --device mps: this machine has no Apple MPS device (or this PyTorch build lacks it)\n"
+    )
+    assert not (tmp_path / "mps").exists()
+
+
+def test_trust_pickle_is_passed_to_the_loader(tmp_path, monkeypatch):
+    from tool_stubs import StubGenerator, fake_loader
+
+    calls = []
+    fake_loader(monkeypatch, StubGenerator(), calls)
+    args = ["--network", "x.pkl", "--rows", "1", "--cols", "2", "--styles", "0-1", "--outdir", tmp_path]
+    assert run_cli(*args).exit_code == 0
+    assert run_cli(*args, "--trust-pickle").exit_code == 0
+    assert [call.get("allow_code") for call in calls] == [False, True]
+
+
+def _check_grid(outdir, rows, cols, height, width, mode):
+    with PIL.Image.open(outdir / "grid.png") as img:
+        assert img.mode == mode and img.size == (width * (len(cols) + 1), height * (len(rows) + 1))
+        grid = np.array(img).reshape(height * (len(rows) + 1), width * (len(cols) + 1), -1)
+    assert not grid[:height, :width].any()
+    for i, r in enumerate([None, *rows]):
+        for j, c in enumerate([None, *cols]):
+            if i == j == 0:
+                continue
+            key = f"{c}-{c}" if r is None else f"{r}-{r}" if c is None else f"{r}-{c}"
+            with PIL.Image.open(outdir / f"{key}.png") as img:
+                assert img.mode == mode and img.size == (width, height)
+                cell = np.array(img).reshape(height, width, -1)
+            np.testing.assert_array_equal(grid[height * i : height * (i + 1), width * j : width * (j + 1)], cell)
+
+
+def test_rgba_network_writes_rgba_grid(tmp_path):
+    build_snapshot(tmp_path / "rgba.pkl", img_channels=4, seed=6)
+    result = run_cli("--network", tmp_path / "rgba.pkl", "--rows", "1,2", "--cols", "3", "--outdir", tmp_path)
+    assert result.exit_code == 0, result.output
+    _check_grid(tmp_path, [1, 2], [3], RESOLUTION, RESOLUTION, "RGBA")
+    with PIL.Image.open(tmp_path / "1-3.png") as img:
+        assert len(np.unique(np.array(img)[:, :, 3])) > 1  # the alpha channel varies
+
+
+@pytest.mark.parametrize("height, width, channels", [(16, 32, 3), (32, 8, 1)])
+def test_non_square_grid(tmp_path, monkeypatch, height, width, channels):
+    from tool_stubs import StubGenerator, fake_loader
+
+    fake_loader(monkeypatch, StubGenerator(height=height, width=width, channels=channels))
+    args = ["--network", "x.pkl", "--rows", "1,2", "--cols", "3,4,5", "--styles", "0-1", "--outdir", tmp_path]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    _check_grid(tmp_path, [1, 2], [3, 4, 5], height, width, images.PIL_MODES[channels])

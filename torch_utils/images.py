@@ -87,7 +87,11 @@ def open_image(file, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image
         image = PIL.Image.open(file)
     except PIL.Image.DecompressionBombError as exc:
         raise ImageFileError(f"{name}: the image declares more than {max_pixels} pixels ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is None:  # Pillow's UnidentifiedImageError and decoder errors carry no errno
+            raise ImageFileError(f"{name}: not an image file that Pillow can read ({exc})") from exc
+        raise ImageFileError(f"{name}: cannot be opened ({exc})") from exc
+    except (SyntaxError, ValueError) as exc:
         raise ImageFileError(f"{name}: not an image file that Pillow can read ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels:

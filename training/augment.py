@@ -424,7 +424,9 @@ class AugmentPipe(torch.nn.Module):
     def forward(self, images: torch.Tensor, debug_percentile=None) -> torch.Tensor:
         """Augment a batch.
 
-        images: [N, C, H, W] float tensor, values nominally in [-1, 1]; returns a tensor of the same shape.
+        images: [N, C, H, W] float tensor, values nominally in [-1, 1]; returns a tensor of the same shape. C is 1
+        (grayscale), 3 (RGB) or 4 (RGBA: the colour transforms leave alpha alone, every other transform moves,
+        filters, noises and cuts it like a colour channel). H and W may differ (non-square images).
         debug_percentile: optional number in [0, 1] that replaces every sampled parameter by a deterministic value
         (random numbers are still drawn so the generator advances exactly as without it).
         """
@@ -622,18 +624,20 @@ class AugmentPipe(torch.nn.Module):
 
 
 def _apply_colour_matrix(images: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """images [N, C, H, W] with C = 3 (RGB) or 1 (luma), C: [N, 4, 4] acting on (r, g, b, 1) -> same shape.
+    """images [N, C, H, W] with C = 3 (RGB), 4 (RGBA) or 1 (luma), C: [N, 4, 4] acting on (r, g, b, 1) -> same shape.
 
-    A one-channel image stands for a gray RGB pixel: it gets the mean of the matrix's three output rows.
+    A one-channel image stands for a gray RGB pixel: it gets the mean of the matrix's three output rows. Alpha is no
+    colour: an RGBA image's RGB channels are transformed as an RGB image's, its alpha channel is left as it is.
     """
     batch_size, num_channels, height, width = images.shape
     C = C.to(images.dtype)
     pixels = images.reshape([batch_size, num_channels, height * width])
-    if num_channels == 3:
-        pixels = C[:, :3, :3] @ pixels + C[:, :3, 3:]
+    if num_channels in (3, 4):
+        rgb = C[:, :3, :3] @ pixels[:, :3] + C[:, :3, 3:]
+        pixels = rgb if num_channels == 3 else torch.cat([rgb, pixels[:, 3:]], dim=1)
     elif num_channels == 1:
         C = C[:, :3, :].mean(dim=1, keepdim=True)
         pixels = pixels * C[:, :, :3].sum(dim=2, keepdim=True) + C[:, :, 3:]
     else:
-        raise ValueError("Image must be RGB (3 channels) or L (1 channel)")
+        raise ValueError("Image must be RGB (3 channels), RGBA (4 channels) or L (1 channel)")
     return pixels.reshape([batch_size, num_channels, height, width])

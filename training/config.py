@@ -29,6 +29,7 @@ import dnnlib
 from metrics import metric_main
 from training import resume as resuming
 from training.augment import AUGPIPE_SPECS
+from training.networks import MAX_ASPECT
 
 RESUME_SPECS = {
     "ffhq256": "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl",
@@ -102,7 +103,7 @@ DEFAULT_LOADER_WORKERS = 3
 DEFAULT_ADA_TARGET = 0.6
 DEFAULT_AUGPIPE = "bgc"
 RESUME_ADA_KIMG = 100  # A resumed (transfer) run adapts its augmentation faster.
-MIN_RESOLUTION = 8  # D's blocks go down to 4x4, so smaller images leave it with none.
+MIN_RESOLUTION = 8  # D's blocks go down to 4x4 (4 x 4*a when non-square), so a shorter side below 8 leaves none.
 IMAGE_CHANNELS = (1, 3, 4)  # Grayscale, RGB, RGBA: the channel counts a PNG grid can show.
 
 
@@ -286,7 +287,9 @@ def _number(value: float) -> int | float:
 
 class _DatasetFacts(typing.NamedTuple):
     name: str
-    resolution: int
+    resolution: int  # The larger side: the networks' img_resolution; the auto preset is derived from it.
+    height: int
+    width: int
     channels: int
     has_labels: bool
     size: int
@@ -298,17 +301,22 @@ def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
     try:
         with dnnlib.util.construct_class_by_name(**dataset_kwargs) as dataset:
             # The labels are read lazily, so has_labels can fail too.
+            _channels, height, width = dataset.image_shape
             facts = _DatasetFacts(
-                dataset.name, dataset.resolution, dataset.num_channels, dataset.has_labels, len(dataset)
+                dataset.name, max(height, width), height, width, dataset.num_channels, dataset.has_labels, len(dataset)
             )
     except (OSError, ValueError) as err:
         raise UserError(f"--data: {err}") from err
     path = dataset_kwargs["path"]
     # The networks need at least two resolution levels; the image grids and PNGs need grayscale, RGB or RGBA.
     _require(
-        facts.resolution >= MIN_RESOLUTION,
-        f"--data: the images of {path} are {facts.resolution}x{facts.resolution}; training needs at least "
-        f"{MIN_RESOLUTION}x{MIN_RESOLUTION}",
+        min(height, width) >= MIN_RESOLUTION,
+        f"--data: the images of {path} are {width}x{height}; training needs at least {MIN_RESOLUTION}x{MIN_RESOLUTION}",
+    )
+    _require(
+        _is_power_of_two(height) and _is_power_of_two(width) and max(height, width) <= MAX_ASPECT * min(height, width),
+        f"--data: the images of {path} are {width}x{height}; training needs power-of-two width and height with an "
+        f"aspect ratio between 1:{MAX_ASPECT} and {MAX_ASPECT}:1",
     )
     _require(
         facts.channels in IMAGE_CHANNELS,
@@ -316,6 +324,10 @@ def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
         "or 4 (RGBA)",
     )
     return facts
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value >= 1 and (value & (value - 1)) == 0
 
 
 def _adam(lrate: float) -> dnnlib.EasyDict:

@@ -20,6 +20,8 @@ ARCHITECTURES = ("orig", "skip", "resnet")
 NOISE_MODES = ("random", "const", "none")
 # fp16 is never used below this resolution, whatever `num_fp16_res` asks for.
 _LOWEST_FP16_RESOLUTION = 8
+# Non-square images: the longer side may be at most this many times the shorter one.
+MAX_ASPECT = 4
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Construction and format helpers shared by several classes (plain functions: pickles reference only the classes).
@@ -46,15 +48,110 @@ def _activation_format(use_fp16, channels_last, force_fp32):
     return (torch.float16 if use_fp16 else torch.float32), _memory_format(channels_last)
 
 
-def _block_input(x, channels, resolution, dtype, memory_format):
-    """Check that `x` is [N, channels, resolution, resolution] and convert it to the block's dtype and format."""
-    misc.assert_shape(x, [None, channels, resolution, resolution])
+def _block_input(x, channels, shape, dtype, memory_format):
+    """Check that `x` is [N, channels, H, W] with (H, W) = `shape` and convert it to the block's dtype and format."""
+    misc.assert_shape(x, [None, channels, *shape])
     return x.to(dtype=dtype, memory_format=memory_format)
 
 
-def _channels_per_resolution(resolutions, channel_base, channel_max):
-    """Feature maps of the blocks at each resolution: channel_base / resolution, capped at channel_max."""
-    return {res: min(channel_base // res, channel_max) for res in resolutions}
+def _channels_per_resolution(resolutions, channel_base, channel_max, stretch=1):
+    """Feature maps of the blocks at each resolution: channel_base / (longer side of the stage), capped at
+    channel_max. `stretch` is how many times longer than `res` the stage's longer side is (1 when square)."""
+    return {res: min(channel_base // (res * stretch), channel_max) for res in resolutions}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Non-square images. A network for H x W images is the square network at the shorter side, min(H, W), with every
+# stage stretched along the longer axis by the aspect factor: its blocks are named and counted by their shorter side
+# (b4 is the 4 x 4*a stage), so num_ws and the block layout follow the shorter side. Square networks record and
+# store nothing new (their pickles stay what they were); only non-square ones get `img_height`/`img_width` (top
+# level) and `stage_shape` (blocks and layers).
+
+
+def _is_power_of_two(value):
+    return isinstance(value, (int, np.integer)) and value >= 1 and (value & (value - 1)) == 0
+
+
+def _image_shape(owner, img_resolution, img_height, img_width):
+    """(height, width) of the images; a side left None is img_resolution. Raises ValueError (one line) unless both
+    sides are powers of two >= 4, the larger one is img_resolution and it is at most MAX_ASPECT times the smaller."""
+    if img_height is None and img_width is None:
+        return img_resolution, img_resolution  # Square: checked as it always was, by the classes themselves.
+    height = img_resolution if img_height is None else img_height
+    width = img_resolution if img_width is None else img_width
+    if not (_is_power_of_two(height) and _is_power_of_two(width)):
+        valid = False
+    else:
+        short, long = sorted((height, width))
+        valid = short >= 4 and long == img_resolution and long <= MAX_ASPECT * short
+    if not valid:
+        raise ValueError(
+            f"{owner}: img_width x img_height must be powers of two >= 4 with the larger equal to img_resolution "
+            f"({img_resolution}) and an aspect ratio between 1:{MAX_ASPECT} and {MAX_ASPECT}:1, got {width}x{height}"
+        )
+    return height, width
+
+
+def _stage_shapes(resolutions, image_shape):
+    """(H, W) of the stage at each resolution (= its shorter side): the images' aspect ratio at every scale."""
+    height, width = image_shape
+    short = min(height, width)
+    return {res: (res * height // short, res * width // short) for res in resolutions}
+
+
+def _stage_plan(image_shape, channel_base, channel_max, num_fp16_res):
+    """Stages of a network for `image_shape` (H, W): their resolutions 4, 8, ..., min(H, W) (shorter sides), and per
+    resolution the channel count and the (H, W) of the stage, plus the lowest resolution that runs in fp16."""
+    short = min(image_shape)
+    short_log2 = int(np.log2(short))
+    resolutions = [2**i for i in range(2, short_log2 + 1)]
+    channels = _channels_per_resolution(resolutions, channel_base, channel_max, max(image_shape) // short)
+    return resolutions, channels, _stage_shapes(resolutions, image_shape), _fp16_threshold(short_log2, num_fp16_res)
+
+
+def _stage_shape_kwargs(shape):
+    """The `stage_shape` kwarg for a block or layer: only for a non-square stage, so square ones record nothing."""
+    return {} if shape[0] == shape[1] else dict(stage_shape=tuple(shape))
+
+
+def _set_stage_shape(module, resolution, stage_shape):
+    """Store a non-square stage's (H, W); square modules keep the class default None (nothing in their state)."""
+    if stage_shape is None:
+        return
+    stage_shape = tuple(int(side) for side in stage_shape)
+    assert len(stage_shape) == 2 and min(stage_shape) == resolution, (
+        f"{type(module).__name__}: stage_shape must be (H, W) with shorter side {resolution}, got {stage_shape}"
+    )
+    module.stage_shape = stage_shape
+
+
+def _hw(module):
+    """(H, W) of the stage a block or layer works at: its `stage_shape`, or resolution x resolution."""
+    return module.stage_shape if module.stage_shape is not None else (module.resolution, module.resolution)
+
+
+def _store_image_shape(net, image_shape):
+    """img_height and img_width of a non-square network (square ones store nothing: their pickles stay as they were)."""
+    if image_shape[0] != image_shape[1]:
+        _store(net, img_height=image_shape[0], img_width=image_shape[1])
+
+
+def _image_shape_kwargs(net):
+    """img_height/img_width to hand on to a sub-network: only for a non-square network."""
+    height, width = image_size(net)
+    return {} if height == width else dict(img_height=height, img_width=width)
+
+
+def _halved(shape):
+    return tuple(side // 2 for side in shape)
+
+
+def image_size(net):
+    """(height, width) of the images a Generator or SynthesisNetwork makes or a Discriminator takes.
+
+    Square networks, including those of older pickles, have no img_height/img_width: both sides are img_resolution.
+    """
+    return getattr(net, "img_height", net.img_resolution), getattr(net, "img_width", net.img_resolution)
 
 
 def _fp16_threshold(img_resolution_log2, num_fp16_res):
@@ -357,8 +454,11 @@ class MappingNetwork(torch.nn.Module):
 class SynthesisLayer(torch.nn.Module):
     """Modulated 3x3 convolution with per-pixel noise, bias and activation.
 
-    x: [N, in_channels, resolution/up, resolution/up], w: [N, w_dim] -> [N, out_channels, resolution, resolution].
+    x: [N, in_channels, H/up, W/up], w: [N, w_dim] -> [N, out_channels, H, W], where (H, W) is `stage_shape`, or
+    resolution x resolution when that is None (square).
     """
+
+    stage_shape = None  # Class default: square layers store nothing.
 
     def __init__(
         self,
@@ -373,27 +473,29 @@ class SynthesisLayer(torch.nn.Module):
         resample_filter=DEFAULT_RESAMPLE_FILTER,
         conv_clamp=None,
         channels_last=False,
+        stage_shape=None,
     ):
         super().__init__()
         _store(self, resolution=resolution, up=up, use_noise=use_noise)
+        _set_stage_shape(self, resolution, stage_shape)
         _setup_conv_output(self, kernel_size, activation, resample_filter, conv_clamp)
 
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = torch.nn.Parameter(_conv_weight(out_channels, in_channels, kernel_size, channels_last))
         if use_noise:
-            self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+            self.register_buffer("noise_const", torch.randn(list(_hw(self))))
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
 
     def forward(self, x, w, noise_mode="random", fused_modconv=True, gain=1):
         assert noise_mode in NOISE_MODES, f"SynthesisLayer: noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}"
-        in_resolution = self.resolution // self.up
-        misc.assert_shape(x, [None, self.weight.shape[1], in_resolution, in_resolution])
+        height, width = _hw(self)
+        misc.assert_shape(x, [None, self.weight.shape[1], height // self.up, width // self.up])
         styles = self.affine(w)
 
         noise = None
         if self.use_noise and noise_mode == "random":
-            noise_shape = [x.shape[0], 1, self.resolution, self.resolution]
+            noise_shape = [x.shape[0], 1, height, width]
             noise = torch.randn(noise_shape, device=x.device) * self.noise_strength
         if self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
@@ -435,9 +537,12 @@ class ToRGBLayer(torch.nn.Module):
 class SynthesisBlock(torch.nn.Module):
     """One resolution level of the synthesis network.
 
-    forward(x [N, in_channels, R/2, R/2] or None, img [N, img_channels, R/2, R/2] or None,
-    ws [N, num_conv + num_torgb, w_dim]) -> (x [N, out_channels, R, R], img [N, img_channels, R, R] float32 or None).
+    forward(x [N, in_channels, H/2, W/2] or None, img [N, img_channels, H/2, W/2] or None,
+    ws [N, num_conv + num_torgb, w_dim]) -> (x [N, out_channels, H, W], img [N, img_channels, H, W] float32 or None),
+    where (H, W) is `stage_shape`, or R x R (R = resolution) when that is None (square).
     """
+
+    stage_shape = None  # Class default: square blocks store nothing.
 
     def __init__(
         self,
@@ -452,12 +557,14 @@ class SynthesisBlock(torch.nn.Module):
         conv_clamp=None,
         use_fp16=False,
         fp16_channels_last=False,
+        stage_shape=None,
         **layer_kwargs,
     ):
         assert architecture in ARCHITECTURES, f"SynthesisBlock: architecture must be one of {ARCHITECTURES}"
         super().__init__()
         _store(self, in_channels=in_channels, w_dim=w_dim, resolution=resolution, img_channels=img_channels)
         _store(self, is_last=is_last, architecture=architecture, use_fp16=use_fp16)
+        _set_stage_shape(self, resolution, stage_shape)
         self.channels_last = use_fp16 and fp16_channels_last
         # How many ws the block consumes: conv1 always, conv0 except in the first block (which starts from `const`),
         # and torgb in the last block or throughout the 'skip' architecture.
@@ -474,11 +581,12 @@ class SynthesisBlock(torch.nn.Module):
                 **resampling,
                 conv_clamp=conv_clamp,
                 channels_last=self.channels_last,
+                **_stage_shape_kwargs(_hw(self)),
                 **layer_kwargs,
             )
 
         if in_channels == 0:
-            self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+            self.const = torch.nn.Parameter(torch.randn([out_channels, *_hw(self)]))
         else:
             self.conv0 = synthesis_layer(in_channels, up=2, resample_filter=resample_filter)
         # conv1 deliberately keeps the default filter (it never resamples, but the buffer is part of the format).
@@ -518,11 +626,11 @@ class SynthesisBlock(torch.nn.Module):
             x = self.const.to(dtype=dtype, memory_format=memory_format).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = self.conv1(x, conv_ws[0], **conv_kwargs)
         else:
-            x = _block_input(x, self.in_channels, self.resolution // 2, dtype, memory_format)
+            x = _block_input(x, self.in_channels, _halved(_hw(self)), dtype, memory_format)
             x = self._conv_pair(x, conv_ws, conv_kwargs)
 
         if img is not None:
-            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
+            misc.assert_shape(img, [None, self.img_channels, *_halved(_hw(self))])
             img = upfirdn2d.upsample2d(img, self.resample_filter)
         if torgb_ws:
             rgb = self.torgb(x, torgb_ws[0], fused_modconv=fused_modconv)
@@ -561,7 +669,11 @@ class SynthesisBlock(torch.nn.Module):
 
 @persistence.persistent_class
 class SynthesisNetwork(torch.nn.Module):
-    """Maps ws [N, num_ws, w_dim] to images [N, img_channels, img_resolution, img_resolution] (float32)."""
+    """Maps ws [N, num_ws, w_dim] to images [N, img_channels, H, W] (float32).
+
+    H = img_height and W = img_width, each img_resolution when not given (square). Non-square: see "Non-square
+    images" above; `block_resolutions` are the stages' shorter sides.
+    """
 
     def __init__(
         self,
@@ -571,21 +683,26 @@ class SynthesisNetwork(torch.nn.Module):
         channel_base=32768,
         channel_max=512,
         num_fp16_res=0,
+        img_height=None,
+        img_width=None,
         **block_kwargs,
     ):
         assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0, (
             f"SynthesisNetwork: img_resolution must be a power of two >= 4, got {img_resolution}"
         )
+        image_shape = _image_shape("SynthesisNetwork", img_resolution, img_height, img_width)
         super().__init__()
         log2 = int(np.log2(img_resolution))
         _store(self, w_dim=w_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels)
-        self.block_resolutions = [2**i for i in range(2, log2 + 1)]  # 4, 8, ..., img_resolution
-        channels = _channels_per_resolution(self.block_resolutions, channel_base, channel_max)
-        fp16_resolution = _fp16_threshold(log2, num_fp16_res)
+        _store_image_shape(self, image_shape)
+        resolutions, channels, stage_shapes, fp16_resolution = _stage_plan(
+            image_shape, channel_base, channel_max, num_fp16_res
+        )
+        self.block_resolutions = resolutions  # 4, 8, ..., shorter side
 
         self.num_ws = 0
         for res in self.block_resolutions:
-            is_last = res == self.img_resolution
+            is_last = res == self.block_resolutions[-1]
             block = SynthesisBlock(
                 channels[res // 2] if res > 4 else 0,
                 channels[res],
@@ -594,6 +711,7 @@ class SynthesisNetwork(torch.nn.Module):
                 img_channels=img_channels,
                 is_last=is_last,
                 use_fp16=(res >= fp16_resolution),
+                **_stage_shape_kwargs(stage_shapes[res]),
                 **block_kwargs,
             )
             self.num_ws += block.num_conv
@@ -620,16 +738,31 @@ class SynthesisNetwork(torch.nn.Module):
 
 @persistence.persistent_class
 class Generator(torch.nn.Module):
-    """z [N, z_dim], c [N, c_dim] -> images [N, img_channels, img_resolution, img_resolution]."""
+    """z [N, z_dim], c [N, c_dim] -> images [N, img_channels, H, W] (H = img_height, W = img_width, each
+    img_resolution when not given)."""
 
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, synthesis_kwargs=None):
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        img_resolution,
+        img_channels,
+        mapping_kwargs=None,
+        synthesis_kwargs=None,
+        img_height=None,
+        img_width=None,
+    ):
+        image_shape = _image_shape("Generator", img_resolution, img_height, img_width)
         super().__init__()
         _store(self, z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels)
+        _store_image_shape(self, image_shape)
         # The synthesis network is built first: this fixes both the state-dict order and the RNG consumption order.
         self.synthesis = SynthesisNetwork(
             w_dim=w_dim,
             img_resolution=img_resolution,
             img_channels=img_channels,
+            **_image_shape_kwargs(self),
             **(synthesis_kwargs or {}),
         )
         self.num_ws = self.synthesis.num_ws
@@ -654,9 +787,12 @@ class Generator(torch.nn.Module):
 class DiscriminatorBlock(torch.nn.Module):
     """One resolution level of the discriminator.
 
-    forward(x [N, in_channels, R, R] or None, img [N, img_channels, R, R] or None)
-    -> (x [N, out_channels, R/2, R/2], img [N, img_channels, R/2, R/2] for 'skip', else None).
+    forward(x [N, in_channels, H, W] or None, img [N, img_channels, H, W] or None)
+    -> (x [N, out_channels, H/2, W/2], img [N, img_channels, H/2, W/2] for 'skip', else None),
+    where (H, W) is `stage_shape`, or R x R (R = resolution) when that is None (square).
     """
+
+    stage_shape = None  # Class default: square blocks store nothing.
 
     def __init__(
         self,
@@ -673,6 +809,7 @@ class DiscriminatorBlock(torch.nn.Module):
         use_fp16=False,
         fp16_channels_last=False,
         freeze_layers=0,
+        stage_shape=None,
     ):
         assert in_channels in (0, tmp_channels), (
             f"DiscriminatorBlock: in_channels must be 0 or tmp_channels ({tmp_channels}), got {in_channels}"
@@ -681,6 +818,7 @@ class DiscriminatorBlock(torch.nn.Module):
         super().__init__()
         _store(self, in_channels=in_channels, resolution=resolution, img_channels=img_channels)
         _store(self, first_layer_idx=first_layer_idx, architecture=architecture, use_fp16=use_fp16)
+        _set_stage_shape(self, resolution, stage_shape)
         self.channels_last = use_fp16 and fp16_channels_last
         self.num_layers = 0
         self.register_buffer("resample_filter", upfirdn2d.setup_filter(resample_filter))
@@ -717,10 +855,10 @@ class DiscriminatorBlock(torch.nn.Module):
     def forward(self, x, img, force_fp32=False):
         dtype, memory_format = _activation_format(self.use_fp16, self.channels_last, force_fp32)
         if x is not None:
-            x = _block_input(x, self.in_channels, self.resolution, dtype, memory_format)
+            x = _block_input(x, self.in_channels, _hw(self), dtype, memory_format)
 
         if self.in_channels == 0 or self.architecture == "skip":
-            img = _block_input(img, self.img_channels, self.resolution, dtype, memory_format)
+            img = _block_input(img, self.img_channels, _hw(self), dtype, memory_format)
             y = self.fromrgb(img)
             x = x + y if x is not None else y
             img = upfirdn2d.downsample2d(img, self.resample_filter) if self.architecture == "skip" else None
@@ -767,7 +905,12 @@ class MinibatchStdLayer(torch.nn.Module):
 
 @persistence.persistent_class
 class DiscriminatorEpilogue(torch.nn.Module):
-    """Final 4x4 stage: x [N, in_channels, R, R] (+ img for 'skip', cmap [N, cmap_dim]) -> logits [N, 1] float32."""
+    """Final 4x4 stage: x [N, in_channels, H, W] (+ img for 'skip', cmap [N, cmap_dim]) -> logits [N, 1] float32.
+
+    (H, W) is `stage_shape` (4 x 4*a or 4*a x 4 for non-square images), or R x R when that is None.
+    """
+
+    stage_shape = None  # Class default: a square epilogue stores nothing.
 
     def __init__(
         self,
@@ -780,10 +923,12 @@ class DiscriminatorEpilogue(torch.nn.Module):
         mbstd_num_channels=1,
         activation="lrelu",
         conv_clamp=None,
+        stage_shape=None,
     ):
         assert architecture in ARCHITECTURES, f"DiscriminatorEpilogue: architecture must be one of {ARCHITECTURES}"
         super().__init__()
         _store(self, in_channels=in_channels, cmap_dim=cmap_dim, resolution=resolution, img_channels=img_channels)
+        _set_stage_shape(self, resolution, stage_shape)
         self.architecture = architecture
 
         if architecture == "skip":
@@ -800,15 +945,16 @@ class DiscriminatorEpilogue(torch.nn.Module):
             activation=activation,
             conv_clamp=conv_clamp,
         )
-        self.fc = FullyConnectedLayer(in_channels * (resolution**2), in_channels, activation=activation)
+        height, width = _hw(self)
+        self.fc = FullyConnectedLayer(in_channels * height * width, in_channels, activation=activation)
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
     def forward(self, x, img, cmap, force_fp32=False):
         # The epilogue always runs in float32; `force_fp32` is accepted for a signature like the blocks'.
         io_format = dict(dtype=torch.float32, memory_format=torch.contiguous_format)
-        x = _block_input(x, self.in_channels, self.resolution, **io_format)
+        x = _block_input(x, self.in_channels, _hw(self), **io_format)
         if self.architecture == "skip":
-            x = x + self.fromrgb(_block_input(img, self.img_channels, self.resolution, **io_format))
+            x = x + self.fromrgb(_block_input(img, self.img_channels, _hw(self), **io_format))
 
         if self.mbstd is not None:
             x = self.mbstd(x)
@@ -827,7 +973,11 @@ class DiscriminatorEpilogue(torch.nn.Module):
 
 @persistence.persistent_class
 class Discriminator(torch.nn.Module):
-    """img [N, img_channels, img_resolution, img_resolution], c [N, c_dim] -> logits [N, 1] float32."""
+    """img [N, img_channels, H, W], c [N, c_dim] -> logits [N, 1] float32.
+
+    H = img_height and W = img_width, each img_resolution when not given (square). Non-square: see "Non-square
+    images" above; `block_resolutions` are the stages' shorter sides and the epilogue `b4` is the 4 x 4*a stage.
+    """
 
     def __init__(
         self,
@@ -843,13 +993,18 @@ class Discriminator(torch.nn.Module):
         block_kwargs=None,
         mapping_kwargs=None,
         epilogue_kwargs=None,
+        img_height=None,
+        img_width=None,
     ):
+        image_shape = _image_shape("Discriminator", img_resolution, img_height, img_width)
         super().__init__()
         log2 = int(np.log2(img_resolution))
         _store(self, c_dim=c_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels)
-        self.block_resolutions = [2**i for i in range(log2, 2, -1)]  # img_resolution, ..., 8; 4x4 is the epilogue
-        channels = _channels_per_resolution(self.block_resolutions + [4], channel_base, channel_max)
-        fp16_resolution = _fp16_threshold(log2, num_fp16_res)
+        _store_image_shape(self, image_shape)
+        resolutions, channels, stage_shapes, fp16_resolution = _stage_plan(
+            image_shape, channel_base, channel_max, num_fp16_res
+        )
+        self.block_resolutions = resolutions[:0:-1]  # shorter side, ..., 8; 4 is the epilogue
         # Width of the label embedding the output is projected onto; none without labels.
         cmap_dim = 0 if c_dim == 0 else (channels[4] if cmap_dim is None else cmap_dim)
 
@@ -857,12 +1012,13 @@ class Discriminator(torch.nn.Module):
         cur_layer_idx = 0
         for res in self.block_resolutions:
             block = DiscriminatorBlock(
-                channels[res] if res < img_resolution else 0,
+                channels[res] if res < self.block_resolutions[0] else 0,
                 channels[res],
                 channels[res // 2],
                 resolution=res,
                 first_layer_idx=cur_layer_idx,
                 use_fp16=(res >= fp16_resolution),
+                **_stage_shape_kwargs(stage_shapes[res]),
                 **(block_kwargs or {}),
                 **common_kwargs,
             )
@@ -870,18 +1026,13 @@ class Discriminator(torch.nn.Module):
             cur_layer_idx += block.num_layers
 
         if c_dim > 0:
-            self.mapping = MappingNetwork(
-                z_dim=0,
-                c_dim=c_dim,
-                w_dim=cmap_dim,
-                num_ws=None,
-                w_avg_beta=None,
-                **(mapping_kwargs or {}),
-            )
+            label_mapping = dict(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None)
+            self.mapping = MappingNetwork(**label_mapping, **(mapping_kwargs or {}))
         self.b4 = DiscriminatorEpilogue(
             channels[4],
             cmap_dim=cmap_dim,
             resolution=4,
+            **_stage_shape_kwargs(stage_shapes[4]),
             **(epilogue_kwargs or {}),
             **common_kwargs,
         )

@@ -204,11 +204,10 @@ class TrainingRun:
     def _setup_networks(self):
         o = self.o
         self.log("Constructing networks...")
-        shape = dict(
-            c_dim=self.training_set.label_dim,
-            img_resolution=self.training_set.resolution,
-            img_channels=self.training_set.num_channels,
-        )
+        channels, height, width = self.training_set.image_shape
+        shape = dict(c_dim=self.training_set.label_dim, img_resolution=max(height, width), img_channels=channels)
+        if height != width:
+            shape.update(img_height=height, img_width=width)  # Only non-square networks record their shape.
         G, D = [
             dnnlib.util.construct_class_by_name(**kwargs, **shape).train().requires_grad_(False).to(self.device)
             for kwargs in (o.G_kwargs, o.D_kwargs)
