@@ -282,8 +282,8 @@ def test_resume_of_a_network_for_other_data_says_what_differs():
 
     lines = resume_into(tiny_generator(32, 3), tiny_generator(16, 3))
     assert lines[-1] == (
-        "Warning: --resume old.pkl: the pickle's networks were built for other data (resolution 32 in the "
-        "pickle, 16 in this run); only the tensors whose names and shapes match were taken."
+        "Warning: --resume old.pkl: the pickle's networks were built for other data (image size 32x32 in the "
+        "pickle, 16x16 in this run); only the tensors whose names and shapes match were taken."
     )
     with pytest.raises(resume.ResumeError) as info:
         resume_into(tiny_generator(16, 4), tiny_generator(16, 3))

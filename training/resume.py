@@ -28,7 +28,7 @@ import torch
 import dnnlib
 from dnnlib.atomic import atomic_pickle
 from torch_utils import misc
-from training import pickles
+from training import networks, pickles
 
 RESUME_STATE_VERSION = 1
 # Options that must match for an exact continuation from a snapshot's resume_state: the data order, the network
@@ -112,19 +112,28 @@ class SkipSampler(torch.utils.data.Sampler):
         yield from indices
 
 
-# The data a generator is built for: (attribute, what it is in a message).
-DATA_SHAPE_ATTRS = (("img_resolution", "resolution"), ("img_channels", "image channels"), ("c_dim", "label size"))
+def _data_shape(net) -> dict:
+    """What a generator is built for: image size (W x H), image channels, label size; None where `net` lacks it."""
+    size = None
+    if getattr(net, "img_resolution", None) is not None:
+        height, width = networks.image_size(net)
+        size = f"{width}x{height}"
+    return {
+        "image size": size,
+        "image channels": getattr(net, "img_channels", None),
+        "label size": getattr(net, "c_dim", None),
+    }
 
 
 def data_differences(source, net) -> list[str]:
     """What differs between the data that network `source` (from a pickle) and `net` (this run's) are built for,
-    e.g. ["resolution 32 in the pickle, 16 in this run"]; attributes that either lacks are not compared."""
-    differences = []
-    for attr, what in DATA_SHAPE_ATTRS:
-        theirs, ours = getattr(source, attr, None), getattr(net, attr, None)
-        if theirs is not None and ours is not None and theirs != ours:
-            differences.append(f"{what} {theirs} in the pickle, {ours} in this run")
-    return differences
+    e.g. ["image size 32x32 in the pickle, 16x16 in this run"]; what either lacks is not compared."""
+    theirs, ours = _data_shape(source), _data_shape(net)
+    return [
+        f"{what} {theirs[what]} in the pickle, {ours[what]} in this run"
+        for what in theirs
+        if theirs[what] is not None and ours[what] is not None and theirs[what] != ours[what]
+    ]
 
 
 def _copy_network(source, net: torch.nn.Module, name: str, path: str, log=None, differences=()) -> None:
