@@ -13,7 +13,7 @@ from click.core import ParameterSource
 
 import dnnlib
 from dnnlib import cli
-from training import launcher, pickles, training_loop
+from training import launcher, pickles, reporting, training_loop
 from training.config import TrainOptions, UserError, setup_training_loop_kwargs
 from training.dataset import DatasetError
 
@@ -33,7 +33,13 @@ def _click_errors():
         raise click.UsageError(str(err)) from err
     except DatasetError as err:
         raise click.ClickException(f"--data: {err}") from err
-    except (training_loop.ResumeError, pickles.UnsupportedPickleError, dnnlib.util.DownloadError) as err:
+    except (
+        training_loop.ResumeError,
+        pickles.NetworkPickleError,
+        dnnlib.util.DownloadError,
+        launcher.RunDirError,  # A read-only --outdir, say.
+        reporting.OutputError,  # A full disk while writing a snapshot, image grid or stats.jsonl.
+    ) as err:
         raise click.ClickException(str(err)) from err
 
 
@@ -86,6 +92,9 @@ def main(ctx, **values):
       lsundog256                   LSUN Dog, 256x256.
       <PATH or URL>  Custom network pickle; one of this project's snapshots
                      continues its run exactly (kimg, ticks, optimiser, ADA).
+      latest         The newest snapshot of any run under --outdir (none:
+                     start a new run), for jobs that get pre-empted.
+      <RUN_DIR>      The newest snapshot in that run directory.
     """
     given = {name: value for name, value in values.items() if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
     with _click_errors():

@@ -230,7 +230,7 @@ def test_help_lists_every_option():
     expected = (
         "--outdir --gpus --snap --metrics --seed --dry-run --data --cond --subset --mirror --cfg --gamma --kimg "
         "--batch --aug --p --target --augpipe --resume --freezed --fp32 --nhwc --nobench --allow-tf32 --workers "
-        "--cbase --cmax --map --tick --batch-gpu --help"
+        "--cbase --cmax --map --tick --batch-gpu --trust-pickle --help"
     ).split()
     assert options == expected
     for text in ["Where to save the results", "Number of GPUs to use [default: 1]", "Freeze-D [default: 0 layers]",
@@ -424,16 +424,25 @@ def test_paths_and_seed_checked_before_the_run(tmp_path, data16, args, message):
     assert os.listdir(tmp_path) == []
 
 
-def test_tiny_or_four_channel_images_are_usage_errors(tmp_path):
+def test_tiny_or_two_channel_images_are_usage_errors(tmp_path):
     tiny = write_image_folder(tmp_path / "tiny", count=2, resolution=4)
     _, err = _usage_error(data=tiny)
     assert err == f"--data: the images of {tiny} are 4x4; training needs at least 8x8"
+    gray_alpha = tmp_path / "gray_alpha"
+    os.makedirs(gray_alpha)
+    for idx in range(2):
+        PIL.Image.fromarray(np.zeros([16, 16, 2], np.uint8), mode="LA").save(gray_alpha / f"{idx}.png")
+    _, err = _usage_error(data=str(gray_alpha))
+    assert err == (
+        f"--data: the images of {gray_alpha} have 2 channels; training needs 1 (grayscale), 3 (RGB) or 4 (RGBA)"
+    )
+    # RGBA trains (issue 14.2): G and D get img_channels=4 from the data.
     rgba = tmp_path / "rgba"
     os.makedirs(rgba)
     for idx in range(2):
         PIL.Image.fromarray(np.zeros([16, 16, 4], np.uint8)).save(rgba / f"{idx}.png")
-    _, err = _usage_error(data=str(rgba))
-    assert err == f"--data: the images of {rgba} have 4 channels; training needs 1 (grayscale) or 3 (RGB)"
+    _desc, args = train.setup_training_loop_kwargs(data=str(rgba), metrics=[])
+    assert args.training_set_kwargs.resolution == 16
 
 
 def _usage_error(**kwargs):
@@ -525,10 +534,11 @@ def test_dry_run_output_is_unchanged(option_data, tmp_path, no_cuda, args, desc,
 
 
 def test_help_is_unchanged():
-    """The whole --help text, 78 columns wide as on an 80-column terminal, as before the options were generated."""
+    """The whole --help text, 78 columns wide as on an 80-column terminal, as before the options were generated
+    plus --resume=latest|RUN_DIR and --trust-pickle (issues 12, 14)."""
     result = invoke_train(["--help"])
     assert result.exit_code == 0
-    assert _digest(result.stdout) == "6c24398463736d49", result.stdout
+    assert _digest(result.stdout) == "73264b64aa6d4f15", result.stdout
 
 
 @pytest.mark.parametrize(

@@ -234,3 +234,40 @@ def test_changed_structure_falls_back_and_fixed_p_is_kept(tmp_path, data16):
     with open(os.path.join(fixed, "log.txt")) as f:
         assert "Continuing the earlier run at kimg 0.004, tick 1." in f.read()
     assert float(load_snapshot(os.path.join(fixed, snapshot_name(8)))["augment_pipe"].p) == 0.25
+
+
+def test_resume_latest_continues_a_killed_run_exactly(tmp_path, data16):
+    """The same command in a pre-empted cluster job: `--resume=latest` first starts a new run (no snapshot yet), and
+    after the job is killed, continues the newest snapshot; the result is the uninterrupted run's, bit for bit.
+
+    The killed run is the uninterrupted run's files up to the end of tick 1 (what test_resume_after_sigkill shows a
+    SIGKILL early in tick 2 leaves), plus the torn temporary file of a snapshot being written when the kill came."""
+    latest = ("--resume=latest",)
+    uninterrupted = run_to_end(tmp_path / "a", data16, *latest)
+    run_name = os.path.basename(uninterrupted)
+    assert run_name == "00000-data16-auto1-kimg0.052-batch4-ada"  # A new run is named as one without --resume.
+    assert masked_log(uninterrupted) == EXPECTED_LOG
+
+    killed = tmp_path / "b" / run_name
+    os.makedirs(killed)
+    written = ["training_options.json", "reals.png", "fakes_init.png", "fakes000000.004.png", "fakes000000.020.png"]
+    for name in [*written, snapshot_name(4), snapshot_name(20)]:
+        with open(os.path.join(uninterrupted, name), "rb") as src, open(killed / name, "wb") as dst:
+            dst.write(src.read())
+    with open(os.path.join(uninterrupted, snapshot_name(36)), "rb") as src:
+        (killed / f"{snapshot_name(36)}.k1ll3d.tmp").write_bytes(src.read()[:1000])
+
+    result = subprocess.run(
+        train_command(tmp_path / "b", data16, *latest), cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"--resume=latest: continuing from {killed / snapshot_name(20)}" in result.stdout.splitlines()
+    assert f"--resume=latest: passing over {killed / snapshot_name(36)}.k1ll3d.tmp" in result.stdout
+    continued = tmp_path / "b" / "00001-data16-auto1-kimg0.052-batch4-ada-resumecustom"
+    with open(continued / "log.txt") as f:
+        assert "Continuing the earlier run at kimg 0.02, tick 2." in f.read()
+    assert_same_files(
+        str(continued),
+        uninterrupted,
+        ["fakes000000.036.png", "fakes000000.052.png", snapshot_name(36), snapshot_name(52)],
+    )

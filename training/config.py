@@ -20,16 +20,20 @@ Nothing else lists the options.
 
 import dataclasses
 import functools
+import math
+import os
 import types
 import typing
 
 import dnnlib
 from metrics import metric_main
+from training import resume as resuming
 from training.augment import AUGPIPE_SPECS
 from training.networks import MAX_ASPECT
 from training.pickles import NAMED_NETWORKS as RESUME_SPECS  # the names --resume (and every --network) knows
 
 NO_RESUME = "noresume"
+RESUME_LATEST = "latest"  # --resume=latest: the newest snapshot of any run under --outdir.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,7 @@ DEFAULT_ADA_TARGET = 0.6
 DEFAULT_AUGPIPE = "bgc"
 RESUME_ADA_KIMG = 100  # A resumed (transfer) run adapts its augmentation faster.
 MIN_RESOLUTION = 8  # D's blocks go down to 4x4 (4 x 4*a when non-square), so a shorter side below 8 leaves none.
+IMAGE_CHANNELS = (1, 3, 4)  # Grayscale, RGB, RGBA: the channel counts a PNG grid can show.
 
 
 class UserError(Exception):
@@ -161,6 +166,12 @@ class TrainOptions:
     # The loop's default kimg_per_tick (4) applies when --tick is not given.
     tick: float | None = _option(None, "Progress print interval in kimg", show_default="4", metavar="KIMG")
     batch_gpu: int | None = _option(None, "Samples per GPU per round", show_default="from --cfg", metavar="INT")
+    trust_pickle: bool = _option(
+        False,
+        "Run the code embedded in the --resume pickle (only for files you trust)",
+        is_flag=True,
+        show_default="rebuild the networks from this project's classes",
+    )
 
     given: frozenset[str] = frozenset()
 
@@ -240,18 +251,27 @@ def setup_training_loop_kwargs(**options) -> tuple[str, dnnlib.EasyDict]:
 # From options to training_loop kwargs.
 
 
-def build_training_config(options: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
+def build_training_config(options: TrainOptions, notes: list[str] | None = None) -> tuple[str, dnnlib.EasyDict]:
     """(run description, kwargs of training_loop.training_loop) of `options`; raises UserError for bad values.
 
-    The keys are inserted in the order of training_options.json; the dataset is opened once to probe it."""
+    The keys are inserted in the order of training_options.json; the dataset is opened once to probe it. What the
+    user should know about the run (labels left unused, which snapshot --resume=latest found) is appended to
+    `notes`, one line each, for the launcher to print."""
     builder = _ConfigBuilder(options)
     builder.build()
+    if notes is not None:
+        notes.extend(builder.notes)
     return "-".join(builder.desc_parts), builder.args
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)
+
+
+def _require_finite(name: str, value: float) -> None:
+    """inf and nan pass the range checks of some options (inf > 0) and fail only once training runs."""
+    _require(math.isfinite(value), f"--{name} must be a finite number, not {value}")
 
 
 def _number(value: float) -> int | float:
@@ -282,7 +302,7 @@ def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
     except (OSError, ValueError) as err:
         raise UserError(f"--data: {err}") from err
     path = dataset_kwargs["path"]
-    # The networks need at least two resolution levels; the image grids and PNGs need grayscale or RGB.
+    # The networks need at least two resolution levels; the image grids and PNGs need grayscale, RGB or RGBA.
     _require(
         min(height, width) >= MIN_RESOLUTION,
         f"--data: the images of {path} are {width}x{height}; training needs at least {MIN_RESOLUTION}x{MIN_RESOLUTION}",
@@ -293,8 +313,9 @@ def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
         f"aspect ratio between 1:{MAX_ASPECT} and {MAX_ASPECT}:1",
     )
     _require(
-        facts.channels in (1, 3),
-        f"--data: the images of {path} have {facts.channels} channels; training needs 1 (grayscale) or 3 (RGB)",
+        facts.channels in IMAGE_CHANNELS,
+        f"--data: the images of {path} have {facts.channels} channels; training needs 1 (grayscale), 3 (RGB) "
+        "or 4 (RGBA)",
     )
     return facts
 
@@ -344,6 +365,7 @@ class _ConfigBuilder:
         self.o = options
         self.args = dnnlib.EasyDict()
         self.desc_parts: list[str] = []
+        self.notes: list[str] = []  # Lines for the user; see build_training_config.
         self.resolution: int | None = None  # Known after the dataset step; the 'auto' preset needs it.
 
     def build(self) -> None:
@@ -393,6 +415,11 @@ class _ConfigBuilder:
         if o.cond:
             _require(facts.has_labels, "--cond=True requires labels specified in dataset.json")
             self.desc_parts.append("cond")
+        elif facts.has_labels:
+            self.notes.append(
+                f"Warning: {o.data} has labels (dataset.json) but --cond is off: the labels are ignored; "
+                "give --cond=1 to train a conditional model."
+            )
         if o.is_given("subset"):
             _require(1 <= o.subset <= facts.size, f"--subset must be between 1 and {facts.size}")
             self.desc_parts.append(f"subset{o.subset}")
@@ -441,10 +468,12 @@ class _ConfigBuilder:
     def overrides(self) -> None:
         o = self.o
         if o.is_given("gamma"):
+            _require_finite("gamma", o.gamma)
             _require(o.gamma >= 0, "--gamma must be non-negative")
             self.desc_parts.append(f"gamma{o.gamma:g}")
             self.args.loss_kwargs.r1_gamma = o.gamma
         if o.is_given("kimg"):
+            _require_finite("kimg", o.kimg)
             _require(o.kimg > 0, "--kimg must be positive")
             self.desc_parts.append(f"kimg{_number(o.kimg)}")
             self.args.total_kimg = _number(o.kimg)
@@ -480,17 +509,45 @@ class _ConfigBuilder:
 
     def starting_point(self) -> None:
         o = self.o
+        resume = self._newest_snapshot() if o.is_given("resume") else None
         if o.is_given("resume") and o.resume == NO_RESUME:
             self.desc_parts.append(NO_RESUME)
-        elif o.is_given("resume"):
-            self.desc_parts.append(f"resume{o.resume}" if o.resume in RESUME_SPECS else "resumecustom")
+        elif resume is not None:
+            self.desc_parts.append(f"resume{resume}" if resume in RESUME_SPECS else "resumecustom")
             # Transfer learning: G_ema starts from trained weights, so its ramp-up would only slow it down.
-            resume_pkl = RESUME_SPECS.get(o.resume, o.resume)
+            resume_pkl = RESUME_SPECS.get(resume, resume)
             self.args.update(resume_pkl=resume_pkl, ada_kimg=RESUME_ADA_KIMG, ema_rampup=None)
+            if o.trust_pickle:
+                self.args.resume_allow_code = True
+        _require(
+            not o.trust_pickle or o.is_given("resume"), "--trust-pickle applies to the --resume pickle; give --resume"
+        )
         if o.is_given("freezed"):
             _require(o.freezed >= 0, "--freezed must be non-negative")
             self.desc_parts.append(f"freezed{o.freezed:d}")
             self.args.D_kwargs.block_kwargs.freeze_layers = o.freezed
+
+    def _newest_snapshot(self) -> str | None:
+        """--resume as a pickle path, URL or name; --resume=latest and --resume=RUN_DIR become the newest complete
+        snapshot there (None, and a fresh start, when there is none)."""
+        o = self.o
+        named = o.resume == NO_RESUME or o.resume in RESUME_SPECS
+        if named or (o.resume != RESUME_LATEST and not os.path.isdir(o.resume)):
+            return o.resume
+        what = f"--resume={o.resume}"
+        if o.resume == RESUME_LATEST:
+            _require(o.outdir is not None, "--resume=latest looks for snapshots under --outdir; give --outdir")
+            found, passed_over = resuming.newest_snapshot(o.outdir, whole_outdir=True)
+        else:
+            found, passed_over = resuming.newest_snapshot(o.resume, whole_outdir=False)
+        for path in passed_over:
+            self.notes.append(f"{what}: passing over {path} (the partial file of an interrupted write)")
+        if found is None:
+            where = o.outdir if o.resume == RESUME_LATEST else o.resume
+            self.notes.append(f"{what}: no complete network-snapshot-*.pkl in {where}; starting a new run.")
+        else:
+            self.notes.append(f"{what}: continuing from {found}")
+        return found
 
     def performance(self) -> None:
         o = self.o
@@ -520,6 +577,7 @@ class _ConfigBuilder:
             _require(o.map >= 1, "--map must be at least 1")
             self.args.G_kwargs.mapping_kwargs.num_layers = o.map
         if o.is_given("tick"):
+            _require_finite("tick", o.tick)
             _require(o.tick > 0, "--tick must be positive")
             self.args.kimg_per_tick = _number(o.tick)
         self._split_batch()
@@ -543,4 +601,23 @@ class _ConfigBuilder:
             rounds_of >= 1 and batch_size % (rounds_of * o.gpus) == 0,
             f"the batch of {batch_size} cannot be split into {o.gpus} processes x rounds of {rounds_of}; "
             "use --batch-gpu",
+        )
+        self._check_mbstd_groups()
+
+    def _check_mbstd_groups(self) -> None:
+        """D's minibatch-stddev layer splits each round's images into groups of min(group size, round) images, so a
+        larger round must be a multiple of the group size (--batch=7 would otherwise fail in D's first forward)."""
+        o, round_size = self.o, self.args.batch_gpu
+        group = self.args.D_kwargs.epilogue_kwargs.get("mbstd_group_size")
+        if group is None or round_size <= group or round_size % group == 0:
+            return
+        if o.is_given("batch_gpu"):
+            raise UserError(
+                f"--batch-gpu={round_size} does not fit the discriminator's minibatch-std groups of {group} images; "
+                f"use a multiple of {group} (or at most {group})"
+            )
+        raise UserError(
+            f"--batch={self.args.batch_size} gives rounds of {round_size} images per GPU, which the discriminator's "
+            f"minibatch-std groups of {group} images do not divide; use a batch per GPU that is a multiple of "
+            f"{group}, or --batch-gpu"
         )

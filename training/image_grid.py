@@ -8,7 +8,7 @@ import io
 import numpy as np
 
 from dnnlib.atomic import atomic_write_bytes
-from torch_utils.images import float_to_uint8, to_pil
+from torch_utils.images import PIL_MODES, float_to_uint8, to_pil
 
 # The grid fills roughly an 8K canvas, within these tile-count bounds.
 GRID_CANVAS = (7680, 4320)
@@ -65,13 +65,14 @@ def grid_to_array(images: np.ndarray, value_range: tuple[float, float], shape: t
     pixels = float_to_uint8(images, value_range)
     cols, rows = shape
     _n, channels, height, width = pixels.shape
-    assert channels in (1, 3), f"an image grid needs 1 or 3 channels, got {channels}"
+    assert channels in PIL_MODES, f"an image grid needs 1, 3 or 4 channels, got {channels}"
     tiled = pixels.reshape(rows, cols, channels, height, width).transpose(0, 3, 1, 4, 2)
     return tiled.reshape(rows * height, cols * width, channels)
 
 
 def save_image_grid(images: np.ndarray, path: str, value_range: tuple[float, float], shape: tuple[int, int]) -> None:
-    """Write the tiled grid as a PNG (grayscale for 1 channel, RGB for 3), atomically: a crash leaves no torn file."""
+    """Write the tiled grid as a PNG (grayscale for 1 channel, RGB for 3, RGBA for 4), atomically: a crash leaves no
+    torn file."""
     array = grid_to_array(images, value_range, shape)
     picture = to_pil(array)
     buffer = io.BytesIO()

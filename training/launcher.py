@@ -8,17 +8,21 @@ does not fit, a failed download) propagate as the training code raises them. tra
 import dataclasses
 import json
 import os
-import re
 
 import torch
 
 import dnnlib
 from torch_utils import custom_ops, training_stats
 from torch_utils.launch import default_device, run_processes, spawned_process_group
-from training import training_loop
+from training import resume, training_loop
 from training.config import TrainOptions, UserError, build_training_config, cpu_defaults
 
-_LEADING_DIGITS = re.compile(r"\d+")
+# How often to try the next number when other runs keep taking the run directory this one was about to create.
+RUN_DIR_ATTEMPTS = 100
+
+
+class RunDirError(Exception):
+    """The run directory cannot be created (read-only or full --outdir, or too many runs racing for names)."""
 
 
 def launch(options: TrainOptions) -> None:
@@ -36,13 +40,16 @@ def launch(options: TrainOptions) -> None:
         if notes and (torchrun is None or torchrun["rank"] == 0):
             print(f"No CUDA device: {' and '.join(notes)} on the CPU; give the options explicitly to override.")
 
-    run_desc, args = build_training_config(options)
+    notes: list[str] = []
+    run_desc, args = build_training_config(options, notes)
     _check_paths(options.outdir, args)
+    if torchrun is None or torchrun["rank"] == 0:
+        for note in notes:  # Labels left unused, the snapshot --resume=latest found: before the options block.
+            print(note)
     dnnlib.util.Logger(should_flush=True)  # Only now: click reports usage errors on the real stderr.
 
     if torchrun is None:
-        args.run_dir = next_run_dir(options.outdir, run_desc)
-        launch_local(args, options.dry_run)
+        launch_local(args, options.outdir, run_desc, options.dry_run)
     else:
         launch_torchrun(args, options.outdir, run_desc, options.dry_run, torchrun)
 
@@ -87,28 +94,40 @@ def print_options(args: dnnlib.EasyDict) -> None:
     print()
 
 
-def _taken_run_ids(outdir: str) -> list[int]:
-    """The leading numbers of outdir's subdirectory names; files, and names not starting with a digit, are ignored."""
-    if not os.path.isdir(outdir):
-        return []
-    with os.scandir(outdir) as entries:
-        numbered = [_LEADING_DIGITS.match(entry.name) for entry in entries if entry.is_dir()]
-    return [int(match.group()) for match in numbered if match is not None]
-
-
 def next_run_dir(outdir: str, desc: str) -> str:
-    """`outdir/<id>-<desc>` with an id one past every taken one, zero-padded to 5 digits (docs/compatibility.md,
-    "Training options")."""
-    run_id = max(_taken_run_ids(outdir), default=-1) + 1
-    run_dir = os.path.join(outdir, f"{run_id:05d}-{desc}")
-    assert not os.path.exists(run_dir), f"{run_dir} already exists"
-    return run_dir
+    """`outdir/<id>-<desc>` with an id one past every taken one (the leading numbers of outdir's subdirectory names;
+    files and other names are ignored), zero-padded to 5 digits (docs/compatibility.md, "Training options")."""
+    run_id = max((run_id for run_id, _name in resume.numbered_run_dirs(outdir)), default=-1) + 1
+    return os.path.join(outdir, f"{run_id:05d}-{desc}")
+
+
+def create_run_dir(outdir: str, desc: str) -> str:
+    """Create and return the next run directory. The exclusive mkdir makes two runs started at once in the same
+    --outdir take different numbers: the one that loses the race moves on to the next."""
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"--outdir {outdir} cannot be created: {err.strerror or err}") from err
+    for _attempt in range(RUN_DIR_ATTEMPTS):
+        run_dir = next_run_dir(outdir, desc)
+        try:
+            os.mkdir(run_dir)
+            return run_dir
+        except FileExistsError:
+            continue  # Another run took this number between the listing and the mkdir.
+        except OSError as err:
+            message = f"--outdir {outdir}: cannot create the run directory {run_dir}: {err.strerror or err}"
+            raise RunDirError(message) from err
+    raise RunDirError(f"--outdir {outdir}: other runs kept taking the next run number; try again")
 
 
 def _write_options(args: dnnlib.EasyDict) -> None:
-    os.makedirs(args.run_dir, exist_ok=True)
-    with open(os.path.join(args.run_dir, "training_options.json"), "w") as f:
-        json.dump(args, f, indent=2)
+    path = os.path.join(args.run_dir, "training_options.json")
+    try:
+        with open(path, "w") as f:
+            json.dump(args, f, indent=2)
+    except OSError as err:
+        raise RunDirError(f"cannot write {path}: {err.strerror or err}") from err
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -137,19 +156,22 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
         training_loop.training_loop(rank=rank, device=device, **args)
 
 
-def launch_local(args: dnnlib.EasyDict, dry_run: bool) -> None:
+def launch_local(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: bool) -> None:
     """Print the options, create the run directory and run one process per GPU (this one alone for one GPU)."""
-    print_options(args)
     if dry_run:
+        args.run_dir = next_run_dir(outdir, run_desc)
+        print_options(args)
         print("Dry run; exiting.")
         return
+    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+        raise UserError(f"--gpus={args.num_gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+    # Created before the options are printed, so that they show the number this run really got.
+    args.run_dir = create_run_dir(outdir, run_desc)
+    print_options(args)
     if not torch.cuda.is_available():
         print("No CUDA device found: training on the CPU (reference ops; gloo for several processes).")
-    elif args.num_gpus > torch.cuda.device_count():
-        raise UserError(f"--gpus={args.num_gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
 
     print("Creating output directory...")
-    os.makedirs(args.run_dir)
     _write_options(args)
 
     print("Launching processes...")
@@ -163,10 +185,8 @@ def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: 
         torch.cuda.set_device(device)  # Before NCCL starts, so that its communicator binds to this GPU.
     backend = "nccl" if device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend=backend, init_method="env://")
-    run_dir = [next_run_dir(outdir, run_desc) if env["rank"] == 0 else None]
-    torch.distributed.broadcast_object_list(run_dir, src=0)
-    args.run_dir = run_dir[0]
     try:
+        args.run_dir = _agree_on_run(args, outdir, run_desc, dry_run, env["rank"])
         if env["rank"] == 0:
             print_options(args)
         if dry_run:
@@ -183,3 +203,28 @@ def launch_torchrun(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: 
         training_loop.training_loop(rank=env["rank"], device=device, **args)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _agree_on_run(args: dnnlib.EasyDict, outdir: str, run_desc: str, dry_run: bool, rank: int) -> str:
+    """The run directory, named (and for a real run created) by rank 0, and a check that every rank starts from the
+    same pickle: each resolved --resume=latest on its own view of --outdir. Collective; a failure is raised on every
+    rank alike, so that none is left waiting."""
+    decision = [None]
+    if rank == 0:
+        try:
+            decision[0] = ("run_dir", next_run_dir(outdir, run_desc) if dry_run else create_run_dir(outdir, run_desc))
+        except RunDirError as err:
+            decision[0] = ("error", str(err))
+    torch.distributed.broadcast_object_list(decision, src=0)
+    kind, value = decision[0]
+    if kind == "error":
+        raise RunDirError(value)
+    starts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(starts, args.get("resume_pkl"))
+    other = next((r for r, start in enumerate(starts) if start != starts[0]), None)
+    if other is not None:
+        raise UserError(
+            f"--resume: rank 0 starts from {starts[0]} but rank {other} from {starts[other]}; every node must see "
+            "the same --outdir"
+        )
+    return value

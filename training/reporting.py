@@ -5,6 +5,7 @@ The per-tick status line on the console, `stats.jsonl` and TFEvents (`StatsLog`)
 timers, the progress in file names, and the metric evaluations of each snapshot.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +20,22 @@ from training.image_grid import save_image_grid, select_grid_items
 
 REALS_RANGE = (0, 255)  # Value range of the dataset's uint8 images in reals.png.
 FAKES_RANGE = (-1, 1)  # Value range of the generator's images in fakes*.png.
+
+
+class OutputError(Exception):
+    """A file of the run could not be written (a full disk, a read-only folder); the message names the file."""
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """An OSError inside the block (only the writing of `path`: a dataset's errors are OSErrors too) becomes an
+    OutputError naming the file. Every file is written atomically, so the earlier snapshots stay as they were."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputError(
+            f"cannot write {path}: {err.strerror or err}; training stopped (the files written before are intact)"
+        ) from err
 
 
 def kimg_in_names(cur_nimg: int, kimg_per_tick: float) -> str:
@@ -156,7 +173,9 @@ class SampleGrid:
         self.shape, images, labels = select_grid_items(training_set)
         self.z = torch.randn([labels.shape[0], G_ema.z_dim], device=device).split(batch_gpu)
         self.c = torch.from_numpy(labels).to(device).split(batch_gpu)
-        save_image_grid(images, os.path.join(run_dir, "reals.png"), REALS_RANGE, self.shape)
+        reals_path = os.path.join(run_dir, "reals.png")
+        with writing(reals_path):
+            save_image_grid(images, reals_path, REALS_RANGE, self.shape)
         self.save_fakes(G_ema, os.path.join(run_dir, "fakes_init.png"))
 
     def render(self, G_ema) -> np.ndarray:
@@ -166,7 +185,9 @@ class SampleGrid:
         return torch.cat(parts).numpy()
 
     def save_fakes(self, G_ema, path: str) -> None:
-        save_image_grid(self.render(G_ema), path, FAKES_RANGE, self.shape)
+        images = self.render(G_ema)
+        with writing(path):
+            save_image_grid(images, path, FAKES_RANGE, self.shape)
 
 
 class StatsLog:
@@ -180,12 +201,16 @@ class StatsLog:
         self.collector = training_stats.Collector(regex=".*")
         self.jsonl = None
         self.tensorboard = None
+        self.jsonl_path = os.path.join(run_dir, "stats.jsonl")
+        self.run_dir = run_dir
         if is_main:
-            self.jsonl = open(os.path.join(run_dir, "stats.jsonl"), "w")
+            with writing(self.jsonl_path):
+                self.jsonl = open(self.jsonl_path, "w")
             try:
                 import torch.utils.tensorboard as tensorboard
 
-                self.tensorboard = tensorboard.SummaryWriter(run_dir)
+                with writing(os.path.join(run_dir, "events.out.tfevents.*")):
+                    self.tensorboard = tensorboard.SummaryWriter(run_dir)
             except ImportError as err:
                 print("Skipping tfevents export:", err)
 
@@ -198,8 +223,9 @@ class StatsLog:
         stats = self.collector.as_dict()
         timestamp = time.time()
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps(dict(stats, timestamp=timestamp)) + "\n")
-            self.jsonl.flush()
+            with writing(self.jsonl_path):
+                self.jsonl.write(json.dumps(dict(stats, timestamp=timestamp)) + "\n")
+                self.jsonl.flush()
         if self.tensorboard is not None:
             step = int(cur_nimg / 1e3)
             walltime = timestamp - self.start_time

@@ -11,11 +11,15 @@ counters, optimiser states, pl_mean, the ADA statistics not yet used, its data o
     ResumeSource.continue_ada() ADA strength reached and statistics not yet used
     ResumeSource.restore()      counters, optimisers, pl_mean, RNG states
     snapshot_networks(), resume_record(), save_snapshot()   what the next --resume reads
+
+`newest_snapshot()` finds the snapshot that `--resume=latest` (or `--resume=RUN_DIR`) continues.
 """
 
 import copy
 import dataclasses
 import json
+import os
+import re
 import sys
 
 import numpy as np
@@ -24,7 +28,7 @@ import torch
 import dnnlib
 from dnnlib.atomic import atomic_pickle
 from torch_utils import misc
-from training import pickles
+from training import networks, pickles
 
 RESUME_STATE_VERSION = 1
 # Options that must match for an exact continuation from a snapshot's resume_state: the data order, the network
@@ -50,6 +54,12 @@ CONTINUED_SCHEDULE_KEYS = ("ema_rampup", "ada_kimg")
 # The networks a pickle lends its weights to, and the modules a snapshot holds (the reference's keys, in order).
 WEIGHT_SOURCES = ("G", "D", "G_ema")
 SNAPSHOT_MODULES = ("G", "D", "G_ema", "augment_pipe")
+
+
+# network-snapshot-<kimg>.pkl, the kimg with the images within it as decimals when ticks are shorter than a kimg.
+SNAPSHOT_NAME = re.compile(r"network-snapshot-(\d+)(?:\.(\d{3}))?\.pkl")
+RUN_ID = re.compile(r"\d+")  # The leading number of a run directory's name.
+PICKLE_STOP = b"."  # The last byte of every complete pickle.
 
 
 class ResumeError(ValueError):
@@ -102,9 +112,34 @@ class SkipSampler(torch.utils.data.Sampler):
         yield from indices
 
 
-def _copy_network(source, net: torch.nn.Module, name: str, path: str, log=None) -> None:
-    """Copy `source`'s tensors into `net` by name; a tensor of another shape is a ResumeError. With `log`, say how
-    many of `net`'s tensors the pickle did not have (they keep their initial values)."""
+def _data_shape(net) -> dict:
+    """What a generator is built for: image size (W x H), image channels, label size; None where `net` lacks it."""
+    size = None
+    if getattr(net, "img_resolution", None) is not None:
+        height, width = networks.image_size(net)
+        size = f"{width}x{height}"
+    return {
+        "image size": size,
+        "image channels": getattr(net, "img_channels", None),
+        "label size": getattr(net, "c_dim", None),
+    }
+
+
+def data_differences(source, net) -> list[str]:
+    """What differs between the data that network `source` (from a pickle) and `net` (this run's) are built for,
+    e.g. ["image size 32x32 in the pickle, 16x16 in this run"]; what either lacks is not compared."""
+    theirs, ours = _data_shape(source), _data_shape(net)
+    return [
+        f"{what} {theirs[what]} in the pickle, {ours[what]} in this run"
+        for what in theirs
+        if theirs[what] is not None and ours[what] is not None and theirs[what] != ours[what]
+    ]
+
+
+def _copy_network(source, net: torch.nn.Module, name: str, path: str, log=None, differences=()) -> None:
+    """Copy `source`'s tensors into `net` by name; a tensor of another shape is a ResumeError, which names the
+    `differences` of the data (see data_differences) as the likely cause. With `log`, say how many of `net`'s
+    tensors the pickle did not have (they keep their initial values)."""
     if not isinstance(source, torch.nn.Module):
         raise ResumeError(f"--resume {path}: '{name}' is a {type(source).__name__}, not a network")
     # copy_() would broadcast some mismatched shapes silently and fail cryptically on others.
@@ -112,10 +147,15 @@ def _copy_network(source, net: torch.nn.Module, name: str, path: str, log=None) 
     targets = list(misc.named_params_and_buffers(net))
     for key, tensor in targets:
         if key in source_shapes and source_shapes[key] != tuple(tensor.shape):
+            cause = (
+                f"the pickle was trained on other data ({'; '.join(differences)})"
+                if differences
+                else "the network options (--cfg, --cbase, --cmax, --map) or the dataset's labels/channels differ "
+                "from the pickle's"
+            )
             raise ResumeError(
                 f"--resume {path}: {name}.{key} has shape {list(source_shapes[key])} in the pickle but "
-                f"{list(tensor.shape)} in this run; the network options (--cfg, --cbase, --cmax, --map) or the "
-                "dataset's labels/channels differ from the pickle's"
+                f"{list(tensor.shape)} in this run; {cause}"
             )
     misc.copy_params_and_buffers(source, net, require_all=False)
     missing = [key for key, _ in targets if key not in source_shapes]
@@ -149,8 +189,15 @@ class ResumeSource:
         if self.contents is None:
             return
         log(f'Resuming from "{self.path}"')
+        differences = data_differences(self.contents["G"], networks["G"])
         for name in WEIGHT_SOURCES:
-            _copy_network(self.contents[name], networks[name], name, self.path, log=None if self.exact else log)
+            log_missing = None if self.exact else log
+            _copy_network(self.contents[name], networks[name], name, self.path, log_missing, differences)
+        if differences:  # After the copies: a shape mismatch has already said it in its error.
+            log(
+                f"Warning: --resume {self.path}: the pickle's networks were built for other data "
+                f"({'; '.join(differences)}); only the tensors whose names and shapes match were taken."
+            )
 
     def copy_weights_again(self, networks: dict[str, torch.nn.Module]) -> None:
         """Rank 0, after the module summaries: their forward pass moved G's w_avg, which an exact continuation
@@ -195,8 +242,8 @@ def load(options: dnnlib.EasyDict, log) -> ResumeSource:
         torch.distributed.barrier()
     # Loaded before the networks are built (its resume_state decides the set-up), so keep the draws that
     # converting a TF-era pickle makes from shifting the networks' initialisation.
-    with dnnlib.util.open_url(options.resume_pkl) as f, torch.random.fork_rng(devices=[]):
-        contents = pickles.load_network_pkl(f)
+    with torch.random.fork_rng(devices=[]):
+        contents = pickles.load_network_from(options.resume_pkl, allow_code=options.resume_allow_code)
     if num_gpus > 1 and is_main:
         torch.distributed.barrier()
     state = contents.get("resume_state")
@@ -229,13 +276,74 @@ def _can_continue_exactly(state: dict, options: dict, is_main: bool) -> bool:
     return False
 
 
+# --- finding the newest snapshot ---------------------------------------------------------------------------------
+
+
+def numbered_run_dirs(outdir: str) -> list[tuple[int, str]]:
+    """(leading number, name) of outdir's subdirectories whose name starts with a digit, in no particular order."""
+    if not os.path.isdir(outdir):
+        return []
+    with os.scandir(outdir) as entries:
+        numbered = [(RUN_ID.match(entry.name), entry.name) for entry in entries if entry.is_dir()]
+    return [(int(match.group()), name) for match, name in numbered if match is not None]
+
+
+def _is_complete(path: str) -> bool:
+    """Whether the file ends as a pickle does. Our snapshots are written atomically, but a copy or a writer other
+    than this project's may have been cut short."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == PICKLE_STOP
+    except OSError:
+        return False
+
+
+def _snapshots_in(run_dir: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """((images shown, path) of the complete snapshots in run_dir, names of the files passed over: temporary files
+    of interrupted writes and snapshots cut short)."""
+    found, passed_over = [], []
+    for name in sorted(os.listdir(run_dir)):
+        match = SNAPSHOT_NAME.fullmatch(name)
+        path = os.path.join(run_dir, name)
+        if match is not None and _is_complete(path):
+            found.append((int(match.group(1)) * 1000 + int(match.group(2) or 0), path))
+        elif match is not None or (name.startswith("network-snapshot-") and name.endswith(".tmp")):
+            passed_over.append(name)
+    return found, passed_over
+
+
+def newest_snapshot(folder: str, whole_outdir: bool) -> tuple[str | None, list[str]]:
+    """The snapshot that --resume=latest (`whole_outdir`: folder is --outdir, every run in it counts) or
+    --resume=RUN_DIR continues: the one furthest into training in the highest-numbered run that has any; None if
+    there is none. Also returns the paths of the files passed over (see _snapshots_in) in the runs searched.
+
+    Only names and file contents decide, never timestamps, so every process of a job sharing the file system picks
+    the same file."""
+    if whole_outdir:
+        run_dirs = [os.path.join(folder, name) for _run_id, name in sorted(numbered_run_dirs(folder), reverse=True)]
+    else:
+        run_dirs = [folder]
+    passed_over: list[str] = []
+    for run_dir in run_dirs:
+        found, skipped = _snapshots_in(run_dir)
+        passed_over += [os.path.join(run_dir, name) for name in skipped]
+        if found:
+            return max(found)[1], passed_over
+    return None, passed_over
+
+
 # --- snapshots -------------------------------------------------------------------------------------------------------
 
 
-def snapshot_networks(modules: dict, options: dnnlib.EasyDict) -> dict:
+def snapshot_networks(modules: dict, options: dnnlib.EasyDict, class_names: list[str] | None = None) -> dict:
     """The reference's snapshot dict: training_set_kwargs, then SNAPSHOT_MODULES as CPU copies in eval mode without
-    gradients (None stays None). Collective with several processes: each module is first checked against rank 0's
-    copy (w_avg excepted: every rank tracks its own)."""
+    gradients (None stays None), then `class_names` (the names of the label indices, for generate.py --class) when
+    the dataset has them. Collective with several processes: each module is first checked against rank 0's copy
+    (w_avg excepted: every rank tracks its own)."""
     snapshot = dict(training_set_kwargs=dict(options.training_set_kwargs))
     for name in SNAPSHOT_MODULES:
         net = modules[name]
@@ -244,6 +352,8 @@ def snapshot_networks(modules: dict, options: dnnlib.EasyDict) -> dict:
                 misc.check_ddp_consistency(net, ignore_regex=r".*\.w_avg")
             net = copy.deepcopy(net).eval().requires_grad_(False).cpu()
         snapshot[name] = net
+    if class_names is not None:
+        snapshot["class_names"] = [str(name) for name in class_names]
     return snapshot
 
 

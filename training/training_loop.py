@@ -19,6 +19,7 @@ from torch_utils import misc, training_stats
 from torch_utils.launch import default_device
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
 from training import reporting, resume
+from training.dataset import DatasetError
 
 ResumeError = resume.ResumeError  # The name train.py catches.
 
@@ -44,6 +45,22 @@ def sync_gradients(params: list[torch.nn.Parameter], num_gpus: int) -> None:
             grad.copy_(part.reshape(grad.shape))
     for grad in grads:
         torch.nan_to_num(grad, nan=GRAD_NAN, posinf=GRAD_POSINF, neginf=GRAD_NEGINF, out=grad)
+
+
+def next_batch(batches):
+    """next(batches) of a DataLoader iterator, where a DatasetError raised in a worker process keeps its one-line
+    message: the loader re-raises it as the same type with the worker's whole traceback as the message."""
+    try:
+        return next(batches)
+    except DatasetError as err:
+        lines = str(err).rstrip().splitlines()
+        if len(lines) < 2 or "DataLoader worker" not in lines[0]:
+            raise
+        cls = type(err)
+        original = lines[-1]
+        for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+            original = original.removeprefix(prefix)
+        raise cls(original) from None
 
 
 def _count_nonfinite_grads(params: list[torch.nn.Parameter], device: torch.device) -> torch.Tensor:
@@ -263,7 +280,7 @@ class TrainingRun:
         """Real images for this iteration and the latents/labels of every phase (drawn even for skipped phases)."""
         o = self.o
         num_phases = len(self.phases)
-        real_img, real_c = next(self.batches)
+        real_img, real_c = next_batch(self.batches)
         real_img = (real_img.to(self.device).to(torch.float32) / 127.5 - 1).split(o.batch_gpu)
         real_c = real_c.to(self.device).split(o.batch_gpu)
         gen_z = torch.randn([num_phases * o.batch_size, self.G.z_dim], device=self.device)
@@ -326,13 +343,15 @@ class TrainingRun:
     def _write_snapshot(self) -> tuple[str, dict]:
         """network-snapshot-<kimg>.pkl: the reference's dict plus our resume_state (collective: every rank)."""
         modules = dict(G=self.G, D=self.D, G_ema=self.G_ema, augment_pipe=self.augment_pipe)
-        snapshot = resume.snapshot_networks(modules, self.o)
+        class_names = getattr(self.training_set, "class_names", None) if self.training_set.has_labels else None
+        snapshot = resume.snapshot_networks(modules, self.o, class_names)
         pending = self.ada_stats.pending(ADA_STAT).tolist() if self.ada_stats is not None else None
         progress = (self.cur_nimg, self.cur_tick, self.batch_idx)
         record = resume.resume_record(self.o, *progress, self.optimizers, self.loss.pl_mean, pending)
         path = self._path(f"network-snapshot-{self._kimg_in_names()}.pkl")
         if self.is_main:
-            resume.save_snapshot(path, snapshot, record)
+            with reporting.writing(path):
+                resume.save_snapshot(path, snapshot, record)
         return path, snapshot
 
     def end_of_tick(self, done: bool) -> bool:
@@ -424,6 +443,7 @@ DEFAULTS = dnnlib.EasyDict(
     image_snapshot_ticks=50,  # Ticks between fakes*.png grids; None: none.
     network_snapshot_ticks=50,  # Ticks between network snapshots (and metric evaluations); None: none.
     resume_pkl=None,  # Path or URL of a network pickle to start from; None: fresh networks.
+    resume_allow_code=False,  # Let the resume_pkl run the code it carries (pickles.load_network_from allow_code).
     cudnn_benchmark=True,  # torch.backends.cudnn.benchmark.
     allow_tf32=False,  # TF32 matmuls and convolutions (torch.backends.cuda.matmul / cudnn .allow_tf32).
     abort_fn=None,  # Callable returning True to stop after the current tick; must agree across ranks.
