@@ -145,5 +145,5 @@ def test_png_grayscale_and_uint8_range(tmp_path):
         pixels = np.asarray(picture)
     np.testing.assert_array_equal(pixels[0:2, 2:4], images[1, 0].astype(np.uint8))
     np.testing.assert_array_equal(pixels[2:4, 0:2], images[2, 0].clip(0, 255).astype(np.uint8))
-    with pytest.raises(AssertionError, match="1 or 3 channels"):
+    with pytest.raises(AssertionError, match="1, 3 or 4 channels, got 2"):
         image_grid.save_image_grid(np.zeros([4, 2, 2, 2], dtype=np.float32), str(tmp_path / "bad.png"), (0, 1), (2, 2))
