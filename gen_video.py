@@ -40,15 +40,6 @@ def check_options(seeds, projected_w, space, class_value, output, frames_dir) ->
         cli.check_outdir(frames_dir, "--frames-dir")
 
 
-def make_label(G, class_value: str | None, class_names: list[str] | None, device: torch.device) -> torch.Tensor:
-    """One-hot label [1, c_dim] for `--class` (an index, or a name the snapshot recorded); width 0 if unconditional."""
-    with cli.usage_errors(inference.ClassLabelError):
-        label, warning = inference.class_label(G.c_dim, class_value, class_names, device)
-    if warning is not None:
-        print(warning)
-    return label
-
-
 def keyframe_latents(G, seeds, projected_w, space, grid, num_keyframes, shuffle_seed, label, psi, device):
     """Keyframes [K, cells, z_dim] (space z) or [K, cells, num_ws, w_dim] (space w, truncated by psi)."""
     num_cells = grid[0] * grid[1]
@@ -158,15 +149,16 @@ def main(
     check_options(seeds, projected_w, space, class_value, output, frames_dir)
     with cli.errors_as_messages(DeviceError):
         device = resolve_device(device)
-    print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        snapshot = pickles.load_network_from(network_pkl, allow_code=trust_pickle)
-    G = inference.run_float32_off_cuda(snapshot["G_ema"].to(device), device)
+        snapshot, G = inference.load_generator(network_pkl, device, trust_pickle)
     with cli.errors_as_messages(images.ImageChannelsError):
         images.check_channels(G.img_channels)
     if output is not None and G.img_channels == 4:
         print("warn: an mp4 has no alpha channel: the video shows the RGB channels; --frames-dir keeps the alpha")
-    label = make_label(G, class_value, inference.class_names_of(snapshot), device) if seeds is not None else None
+    label = None
+    if seeds is not None:
+        with cli.usage_errors(inference.ClassLabelError):
+            label = inference.class_label(G.c_dim, class_value, inference.class_names_of(snapshot), device)
     keyframes = keyframe_latents(
         G, seeds, projected_w, space, grid, num_keyframes, shuffle_seed, label, truncation_psi, device
     )

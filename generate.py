@@ -47,15 +47,6 @@ def load_projected_w(path: str, G) -> torch.Tensor:
     return torch.from_numpy(ws.astype(np.float32))
 
 
-def make_label(G, class_value: str | None, class_names: list[str] | None, device: torch.device) -> torch.Tensor:
-    """One-hot label [1, c_dim] for `--class` (an index, or a name the snapshot recorded); width 0 if unconditional."""
-    with cli.usage_errors(inference.ClassLabelError):
-        label, warning = inference.class_label(G.c_dim, class_value, class_names, device)
-    if warning is not None:
-        print(warning)
-    return label
-
-
 def save_png(img: torch.Tensor, path: str) -> None:
     """Generator output `[1, C, H, W]` -> 8-bit PNG (x * 127.5 + 128, clamped, truncated; 1, 3 or 4 channels)."""
     with cli.errors_as_messages(images.ImageChannelsError):
@@ -156,10 +147,8 @@ def generate_images(
     cli.check_outdir(outdir)
     with cli.errors_as_messages(DeviceError):
         device = resolve_device(device)
-    print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        snapshot = pickles.load_network_from(network_pkl, allow_code=trust_pickle)
-    G = inference.run_float32_off_cuda(snapshot["G_ema"].to(device), device)
+        snapshot, G = inference.load_generator(network_pkl, device, trust_pickle)
     edit = direction_edit(G, direction, strength)
     cli.make_outdir(outdir)
 
@@ -170,7 +159,8 @@ def generate_images(
         return
     if seeds is None:
         raise click.UsageError("--seeds option is required when not using --projected-w")
-    label = make_label(G, class_value, inference.class_names_of(snapshot), device)
+    with cli.usage_errors(inference.ClassLabelError):
+        label = inference.class_label(G.c_dim, class_value, inference.class_names_of(snapshot), device)
     render_seeds(G, seeds, label, truncation_psi, noise_mode, outdir, device, edit)
 
 

@@ -133,10 +133,8 @@ def main(
     cli.check_outdir(outdir)
     with cli.errors_as_messages(DeviceError):
         device = resolve_device(device)
-    print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        snapshot = pickles.load_network_from(network_pkl, allow_code=trust_pickle)
-    G = inference.run_float32_off_cuda(snapshot["G_ema"].to(device), device)
+        snapshot, G = inference.load_generator(network_pkl, device, trust_pickle)
     if k > G.w_dim:
         raise click.UsageError(f"--k={k}: the network has only w_dim={G.w_dim} directions")
     directions, rows = save_directions(G, layers, outdir)
@@ -145,9 +143,7 @@ def main(
     with cli.errors_as_messages(images.ImageChannelsError):
         images.check_channels(G.img_channels)
     with cli.usage_errors(inference.ClassLabelError):
-        label, warning = inference.class_label(G.c_dim, class_value, inference.class_names_of(snapshot), device)
-    if warning is not None:
-        print(warning)
+        label = inference.class_label(G.c_dim, class_value, inference.class_names_of(snapshot), device)
     ws = seed_ws(G, seeds, label, truncation_psi, device)
     top = directions[:k]
     grid = sefa.render_edit_grid(G, ws, top, rows, np.linspace(-degrees, degrees, steps), noise_mode)

@@ -138,10 +138,8 @@ def generate_style_mix(
     cli.check_outdir(outdir)
     with cli.errors_as_messages(DeviceError):
         device = resolve_device(device)
-    print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"]
-    G = inference.run_float32_off_cuda(G.to(device), device)
+        _, G = inference.load_generator(network_pkl, device, trust_pickle)
     if G.c_dim != 0:
         raise click.UsageError(f"style_mixing.py supports unconditional networks only; this one has c_dim={G.c_dim}")
     if G.img_channels not in images.PIL_MODES:

@@ -2,10 +2,12 @@
 
 Used by generate.py, style_mixing.py, projector.py, calc_metrics.py, gen_video.py and sefa.py.
 The functions take plain values and raise typed errors whose message is one line; the scripts turn them into
-`Error: ...` lines or usage errors. Imports: torch only.
+`Error: ...` lines or usage errors. Imports: torch and training.pickles.
 """
 
 import torch
+
+from training import pickles
 
 # The most class names a message lists before it only says how many there are (ImageNet has 1000).
 MAX_LISTED_CLASS_NAMES = 50
@@ -35,6 +37,16 @@ def run_float32_off_cuda(G: torch.nn.Module, device: torch.device) -> torch.nn.M
             if hasattr(module, "channels_last"):
                 module.channels_last = False
     return G
+
+
+def load_generator(network_pkl: str, device: torch.device, allow_code: bool = False) -> tuple[dict, torch.nn.Module]:
+    """(the snapshot dict, its G_ema on `device`, float32 off CUDA) of a network pickle, file, URL or name.
+
+    Raises `pickles.NetworkPickleError` (one line naming the file). `allow_code` lets the pickle run its own code.
+    """
+    print(f'Loading networks from "{network_pkl}"...')
+    snapshot = pickles.load_network_from(network_pkl, allow_code=allow_code)
+    return snapshot, run_float32_off_cuda(snapshot["G_ema"].to(device), device)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -103,25 +115,24 @@ def class_index(value: str, c_dim: int, names: list[str] | None = None, option: 
     return names.index(text)
 
 
-def class_label(
-    c_dim: int, value: str | None, names: list[str] | None, device: torch.device
-) -> tuple[torch.Tensor, str | None]:
-    """`--class` -> (one-hot label [1, c_dim] on `device`, a warning to print or None).
+def class_label(c_dim: int, value: str | None, names: list[str] | None, device: torch.device) -> torch.Tensor:
+    """`--class` -> one-hot label [1, c_dim] on `device`; prints a `warn:` line where the value is doubtful.
 
     Unconditional networks (c_dim 0) get an empty label, with a warning when a class was given anyway. Conditional
     networks need a value: an index, or a name of `names` (see `class_index`). Raises ClassLabelError.
     """
     label = torch.zeros([1, c_dim], device=device)
     if c_dim == 0:
-        return label, None if value is None else "warn: --class=lbl ignored when running on an unconditional network"
+        if value is not None:
+            print("warn: --class=lbl ignored when running on an unconditional network")
+        return label
     if value is None:
         raise ClassLabelError("Must specify class label with --class when using a conditional network")
     index = class_index(value, c_dim, names)
-    warning = None
     if names is not None and value in names and names.index(value) != index:
-        warning = (
+        print(
             f"warn: --class={value} is taken as a class index ({names[index]!r}); "
             f"the class named {value!r} has index {names.index(value)}"
         )
     label[:, index] = 1
-    return label, warning
+    return label
