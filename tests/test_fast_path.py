@@ -267,3 +267,31 @@ def test_off_by_default_in_a_new_process():
     env[fast_path.ENV_VAR] = "1"
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+# ----------------------------------------------------------------------------
+# train.py --cpu-fast.
+
+
+def test_cpu_fast_option_key_only_when_given(tmp_path):
+    import numpy as np
+    import PIL.Image
+
+    from training import config, training_loop
+
+    PIL.Image.fromarray(np.zeros([16, 16, 3], dtype=np.uint8)).save(tmp_path / "a.png")
+    _, plain = config.setup_training_loop_kwargs(data=str(tmp_path), metrics=[])
+    _, off = config.setup_training_loop_kwargs(data=str(tmp_path), metrics=[], cpu_fast=False)
+    _, on = config.setup_training_loop_kwargs(data=str(tmp_path), metrics=[], cpu_fast=True)
+    assert "cpu_fast_path" not in plain and "cpu_fast_path" not in off
+    assert list(on) == [*plain, "cpu_fast_path"] and on.cpu_fast_path is True
+    assert training_loop.DEFAULTS.cpu_fast_path is False
+
+
+def test_training_loop_turns_the_switch_on_only_when_asked():
+    from training import training_loop
+
+    training_loop._configure_torch(training_loop.make_options(device="cpu"))
+    assert not fast_path.cpu_fast_path_enabled()
+    training_loop._configure_torch(training_loop.make_options(device="cpu", cpu_fast_path=True))
+    assert fast_path.cpu_fast_path_enabled()
