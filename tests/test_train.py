@@ -230,7 +230,7 @@ def test_help_lists_every_option():
     expected = (
         "--outdir --gpus --snap --metrics --seed --dry-run --data --cond --subset --mirror --cfg --gamma --kimg "
         "--batch --aug --p --target --augpipe --resume --freezed --fp32 --nhwc --nobench --allow-tf32 --workers "
-        "--cbase --cmax --map --tick --batch-gpu --trust-pickle --help"
+        "--cbase --cmax --map --tick --batch-gpu --trust-pickle --cpu-fast --help"
     ).split()
     assert options == expected
     for text in ["Where to save the results", "Number of GPUs to use [default: 1]", "Freeze-D [default: 0 layers]",
@@ -535,10 +535,10 @@ def test_dry_run_output_is_unchanged(option_data, tmp_path, no_cuda, args, desc,
 
 def test_help_is_unchanged():
     """The whole --help text, 78 columns wide as on an 80-column terminal, as before the options were generated
-    plus --resume=latest|RUN_DIR and --trust-pickle (issues 12, 14)."""
+    plus --resume=latest|RUN_DIR, --trust-pickle and --cpu-fast (issues 12, 14, 16)."""
     result = invoke_train(["--help"])
     assert result.exit_code == 0
-    assert _digest(result.stdout) == "73264b64aa6d4f15", result.stdout
+    assert _digest(result.stdout) == "5c569aaa93880669", result.stdout
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,7 @@ class TrainOptions:
         is_flag=True,
         show_default="rebuild the networks from this project's classes",
     )
+    cpu_fast: bool = _option(False, "Faster CPU ops, results within 1e-5 of the reference", metavar="BOOL")
 
     given: frozenset[str] = frozenset()
 
@@ -581,6 +582,9 @@ class _ConfigBuilder:
             _require(o.tick > 0, "--tick must be positive")
             self.args.kimg_per_tick = _number(o.tick)
         self._split_batch()
+        # Only a run that asks for it records the key: other runs keep their training_options.json as it was.
+        if o.is_given("cpu_fast") and o.cpu_fast:
+            self.args.cpu_fast_path = True
 
     def _split_batch(self) -> None:
         """batch_gpu: --batch-gpu, or the preset's value shrunk to one round per GPU; the batch must split evenly."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from torch_utils import misc, persistence
-from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
+from torch_utils.ops import bias_act, conv2d_resample, fast_path, fma, upfirdn2d
 
 # Low-pass FIR filter used for every up/down-sampling step (made 2-D by `setup_filter`). A list, as in the
 # reference, because the blocks record it in their init_kwargs; never modified.
@@ -213,6 +213,9 @@ def modulated_conv2d(
     misc.assert_shape(x, [num_samples, in_channels, None, None])
     misc.assert_shape(styles, [num_samples, in_channels])
 
+    resample_kwargs = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
+    if fast_path.applies(x):
+        return fast_path.modulated_conv2d(x, weight, styles, noise, demodulate, resample_kwargs)
     if demodulate and x.dtype == torch.float16:
         weight, styles = _fp16_prenormalize(weight, styles)
 
@@ -224,7 +227,6 @@ def modulated_conv2d(
     if demodulate:
         demod = (sample_weights.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
 
-    resample_kwargs = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
     if fused_modconv:
         if demod is not None:
             sample_weights = sample_weights * demod[:, :, None, None, None]

@@ -17,7 +17,7 @@ import torch
 import dnnlib
 from torch_utils import misc, training_stats
 from torch_utils.launch import default_device
-from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
+from torch_utils.ops import conv2d_gradfix, fast_path, grid_sample_gradfix
 from training import reporting, resume
 from training.dataset import DatasetError
 
@@ -118,6 +118,8 @@ def _configure_torch(o: dnnlib.EasyDict) -> None:
     torch.backends.cuda.matmul.allow_tf32 = o.allow_tf32
     torch.backends.cudnn.allow_tf32 = o.allow_tf32
     conv2d_gradfix.enabled = True  # Cheaper double backward for R1 and path-length regularisation.
+    if o.cpu_fast_path:
+        fast_path.set_cpu_fast_path(True)
     grid_sample_gradfix.enabled = True
 
 
@@ -450,6 +452,7 @@ DEFAULTS = dnnlib.EasyDict(
     progress_fn=None,  # Callable (cur_kimg: int, total_kimg), called at the start and after every tick.
     device=None,  # torch device of this process; None: cuda:<rank> when CUDA is available, else the CPU.
     metrics_kwargs={},  # Extra kwargs for metric_main.calc_metric (MetricOptions: G_kwargs, progress, cache).
+    cpu_fast_path=False,  # torch_utils.ops.fast_path on (float32 CPU ops within 1e-5 of the reference); False: as is.
 )
 
 

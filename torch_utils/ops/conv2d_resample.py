@@ -9,7 +9,7 @@ the mathematical definition up to rounding, and the branch order decides the exa
 import torch
 
 from torch_utils import misc
-from torch_utils.ops import conv2d_gradfix, upfirdn2d
+from torch_utils.ops import conv2d_gradfix, fast_path, upfirdn2d
 from torch_utils.ops.upfirdn2d import _downsampling_margins, _parse_padding, _upsampling_margins, _with_margins
 
 
@@ -31,6 +31,8 @@ def _convolve(x, w, flip_weight, transpose=False, **conv_kwargs):
     kh, kw = _weight_shape(w)[2:]
     if not flip_weight and kh * kw > 1:
         w = w.flip([2, 3])
+    if fast_path.applies(x) and x.is_contiguous(memory_format=torch.channels_last):
+        w = fast_path.channels_last(w)  # a transposed convolution needs both operands channels-last to be fast
     conv = conv2d_gradfix.conv_transpose2d if transpose else conv2d_gradfix.conv2d
     return conv(x, w, **conv_kwargs)
 
@@ -71,6 +73,9 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
     if down > 1:
         adjusted = _with_margins(adjusted, f, _downsampling_margins, down, down)
     px0, px1, py0, py1 = adjusted
+    fast = fast_path.applies(x)
+    if fast and (up > 1 or down > 1):
+        x = fast_path.channels_last(x)  # the CPU's transposed, strided and depthwise kernels run fastest on it
 
     # 1x1 kernel with downsampling: filter and decimate first, then convolve the smaller image.
     if kw == 1 and kh == 1 and (down > 1 and up == 1):
@@ -113,6 +118,8 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
 
     # No resampling, symmetric non-negative padding: the convolution pads by itself.
     if up == 1 and down == 1 and px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+        if fast and fast_path.takes_conv3x3(x, w, up, down, adjusted, groups):
+            return fast_path.conv3x3(x, w if flip_weight else w.flip([2, 3]))
         return _convolve(x, w, flip_weight, padding=[py0, px0], groups=groups)
 
     # Remaining case (asymmetric or negative padding without resampling): the generic definition.

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from torch_utils import custom_ops, misc
-from torch_utils.ops import conv2d_gradfix
+from torch_utils.ops import conv2d_gradfix, fast_path
 
 # ----------------------------------------------------------------------------
 # Optional native plugin. CPU tensors never trigger a build; a failed or impossible build warns once and the
@@ -141,7 +141,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="cu
         padding: int, `[px, py]` or `[px0, px1, py0, py1]`, relative to the upsampled image; negative crops.
         flip_filter: False = true convolution, True = correlation.
         gain: overall scaling of the output.
-        impl: 'cuda' (native kernels for CUDA tensors when available, else the reference) or 'ref'.
+        impl: 'cuda' (native kernels for CUDA tensors when available, the CPU fast path for float32 CPU tensors when
+            `fast_path` is on, else the reference) or 'ref' (always the reference).
 
     Returns:
         `[N, C, (H*upy + py0 + py1 - fh + downy) // downy, (W*upx + px0 + px1 - fw + downx) // downx]`.
@@ -150,6 +151,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="cu
     assert impl in ["ref", "cuda"], f"upfirdn2d: impl must be 'ref' or 'cuda', got {impl!r}"
     if impl == "cuda" and x.device.type == "cuda" and _plugin.available():
         return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
+    if impl == "cuda" and fast_path.applies(x):
+        return _upfirdn2d_fast(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
@@ -196,6 +199,61 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
         x = conv2d_gradfix.conv2d(input=x, weight=f.unsqueeze(3), groups=num_channels)
 
     return x[:, :, ::downy, ::downx]
+
+
+def _crop_or_pad(x, start_y, end_y, start_x, end_x):
+    """Remove `start_*` / `end_*` rows and columns from each side of `x` [N, C, H, W]; negative amounts add zeros."""
+    pad = [max(-start_x, 0), max(-end_x, 0), max(-start_y, 0), max(-end_y, 0)]
+    if any(pad):
+        x = torch.nn.functional.pad(x, pad)
+    start_y, end_y, start_x, end_x = (max(v, 0) for v in (start_y, end_y, start_x, end_x))
+    if start_y or end_y or start_x or end_x:
+        x = x[:, :, start_y : x.shape[2] - end_y, start_x : x.shape[3] - end_x]
+    return x
+
+
+@misc.profiled_function
+def _upfirdn2d_fast(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """upfirdn2d as one depthwise convolution (`fast_path`): transposed with stride `up` when upsampling (no
+    zero-stuffed copy), strided by `down` otherwise, with symmetric padding done by the convolution itself.
+
+    A 1-D (separable) filter runs as its 2-D outer product. Upsampling and downsampling at once takes the reference
+    path. Same output as `_upfirdn2d_ref` up to float32 rounding.
+    """
+    assert isinstance(x, torch.Tensor) and x.ndim == 4, f"upfirdn2d: expected x of shape [N, C, H, W], got {x.ndim}-D"
+    upx, upy = _parse_scaling(up)
+    downx, downy = _parse_scaling(down)
+    if (upx > 1 or upy > 1) and (downx > 1 or downy > 1):
+        return _upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    assert f.dtype == torch.float32 and not f.requires_grad, "upfirdn2d: filter must be float32 without gradients"
+    f = f * (gain ** (f.ndim / 2))
+    if f.ndim == 1:
+        f = torch.outer(f, f)
+    fw, fh = _get_filter_size(f)
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    num_channels = x.shape[1]
+
+    if upx > 1 or upy > 1:
+        # Transposed convolution = zero-stuffing + true convolution (its full output); crop it to the window the
+        # reference keeps, which starts fh - 1 - pady0 rows in.
+        w = (f if not flip_filter else f.flip([0, 1])).to(x.dtype)
+        w = w.reshape(1, 1, fh, fw).repeat(num_channels, 1, 1, 1)
+        crops = [fh - 1 - pady0, fh - upy - pady1, fw - 1 - padx0, fw - upx - padx1]
+        inner_y, inner_x = max(min(crops[0], crops[1]), 0), max(min(crops[2], crops[3]), 0)
+        x = torch.nn.functional.conv_transpose2d(
+            x, w, stride=[upy, upx], padding=[inner_y, inner_x], groups=num_channels
+        )
+        return _crop_or_pad(x, crops[0] - inner_y, crops[1] - inner_y, crops[2] - inner_x, crops[3] - inner_x)
+
+    # conv2d correlates: a true convolution needs the flipped filter.
+    w = (f.flip([0, 1]) if not flip_filter else f).to(x.dtype)
+    w = w.reshape(1, 1, fh, fw).repeat(num_channels, 1, 1, 1)
+    inner_y = max(min(pady0, pady1), 0)
+    inner_x = max(min(padx0, padx1), 0)
+    x = _crop_or_pad(x, inner_y - pady0, inner_y - pady1, inner_x - padx0, inner_x - padx1)
+    return torch.nn.functional.conv2d(x, w, stride=[downy, downx], padding=[inner_y, inner_x], groups=num_channels)
 
 
 class _Resampling(NamedTuple):
