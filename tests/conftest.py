@@ -54,3 +54,11 @@ def _deterministic_threads():
 
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """The machine train.py's recorded outputs were taken on: no CUDA device, no torchrun (test_train*.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)

@@ -466,14 +466,6 @@ def option_data(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def no_cuda(monkeypatch):
-    """The machine as the reference outputs below were recorded on: no CUDA device, no torchrun."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def invoke_train(args: list[str]):
     return CliRunner().invoke(train.main, args, prog_name="train.py", terminal_width=78)
 

@@ -9,8 +9,7 @@ import threading
 
 import pytest
 import torch
-from click.testing import CliRunner
-from test_train import write_image_folder
+from test_train import invoke_train, write_image_folder
 
 import dnnlib
 import train
@@ -26,17 +25,6 @@ def data16(tmp_path_factory):
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("data") / "labelled", count=4, resolution=16, labels=[0, 1, 0, 1])
-
-
-@pytest.fixture
-def no_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def invoke_train(args: list[str]):
-    return CliRunner().invoke(train.main, args, prog_name="train.py", terminal_width=78)
 
 
 def usage_error(**kwargs) -> str:
