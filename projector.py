@@ -12,7 +12,7 @@ import dnnlib
 from dnnlib import cli
 from torch_utils import images
 from torch_utils.launch import DeviceError, resolve_device
-from training import inference, pickles, projection
+from training import inference, networks, pickles, projection
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Constants of the command line.
@@ -184,13 +184,12 @@ def run_projection(
     target_pil = read_target_image(os.path.expanduser(target_fname))
     cli.make_outdir(outdir)  # before the (long) projection, so that a bad --outdir cannot lose the run
 
-    print(f'Loading networks from "{network_pkl}"...')
     with cli.errors_as_messages(pickles.NetworkPickleError):
-        G = pickles.load_network_from(network_pkl, allow_code=trust_pickle)["G_ema"]
-    G = inference.run_float32_off_cuda(G.to(device).requires_grad_(False), device)
+        _, G = inference.load_generator(network_pkl, device, trust_pickle)
+    G.requires_grad_(False)
     check_generator(G, network_pkl)
 
-    _channels, height, width = inference.generator_output_shape(G)
+    height, width = networks.image_size(G)
     target_uint8 = prepare_target(to_8bit(target_pil, images.PIL_MODES[G.img_channels]), height, width)
 
     start_time = time.perf_counter()

@@ -44,6 +44,8 @@ class StubGenerator(torch.nn.Module):
         torch.manual_seed(seed)
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.img_channels, self.img_resolution = channels, max(height, width)
+        if height != width:  # as training.networks records a non-square shape
+            self.img_height, self.img_width = height, width
         self.mapping = StubMapping(z_dim, w_dim, num_ws)
         self.synthesis = StubSynthesis(w_dim, num_ws, channels, height, width)
 

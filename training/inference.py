@@ -1,4 +1,4 @@
-"""What the tools that run a trained generator share: device preparation, class labels, the output image shape.
+"""What the tools that run a trained generator share: loading it for a device (float32 off CUDA), class labels.
 
 Used by generate.py, style_mixing.py, projector.py, calc_metrics.py, gen_video.py and sefa.py.
 The functions take plain values and raise typed errors whose message is one line; the scripts turn them into
@@ -47,23 +47,6 @@ def load_generator(network_pkl: str, device: torch.device, allow_code: bool = Fa
     print(f'Loading networks from "{network_pkl}"...')
     snapshot = pickles.load_network_from(network_pkl, allow_code=allow_code)
     return snapshot, run_float32_off_cuda(snapshot["G_ema"].to(device), device)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Output shape
-
-
-@torch.no_grad()
-def generator_output_shape(G: torch.nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) of the images `G.synthesis` makes, from one rendering of the mean W with constant noise.
-
-    Tools use it instead of `img_resolution` so that networks whose images are not square work too. It draws no
-    random numbers, so it does not change what a seeded tool computes afterwards.
-    """
-    w_avg = G.mapping.w_avg.to(torch.float32)  # [w_dim]
-    ws = w_avg.reshape(1, 1, -1).repeat([1, G.num_ws, 1])  # [1, num_ws, w_dim]
-    img = G.synthesis(ws, noise_mode="const")  # [1, C, H, W]
-    return tuple(int(size) for size in img.shape[1:])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
