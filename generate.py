@@ -50,7 +50,7 @@ def load_projected_w(path: str, G) -> torch.Tensor:
 def save_png(img: torch.Tensor, path: str) -> None:
     """Generator output `[1, C, H, W]` -> 8-bit PNG (x * 127.5 + 128, clamped, truncated; 1, 3 or 4 channels)."""
     with cli.errors_as_messages(images.ImageChannelsError):
-        images.to_pil(images.generator_to_hwc(img)[0]).save(path)
+        images.save_png(images.generator_to_hwc(img)[0], path)
 
 
 def render_projected_w(G, path: str, noise_mode: str, outdir: str, device: torch.device, edit=None) -> None:

@@ -9,7 +9,7 @@ import PIL.Image
 import torch
 
 import dnnlib
-from dnnlib import cli
+from dnnlib import atomic, cli
 from torch_utils import images
 from torch_utils.launch import DeviceError, resolve_device
 from training import inference, networks, pickles, projection
@@ -101,16 +101,17 @@ def write_progress_video(path: str, G, target_uint8: np.ndarray, projected_w_ste
             "--save-video needs the imageio-ffmpeg package (pip install imageio-ffmpeg), or pass --save-video=0"
         ) from exc
     height, width = target_uint8.shape[0], 2 * target_uint8.shape[1]
-    writer = imageio_ffmpeg.write_frames(
-        path, (width, height), fps=VIDEO_FPS, codec=VIDEO_CODEC, bitrate=VIDEO_BITRATE, pix_fmt_in="rgb24"
-    )
-    writer.send(None)  # start the ffmpeg process
-    try:
-        for w in projected_w_steps:
-            frame = video_rgb(np.concatenate([target_uint8, render_w(G, w)], axis=1))
-            writer.send(np.ascontiguousarray(frame))
-    finally:
-        writer.close()
+    with atomic.atomic_path(path) as tmp_path:  # an interrupted run leaves an earlier proj.mp4 as it was
+        writer = imageio_ffmpeg.write_frames(
+            tmp_path, (width, height), fps=VIDEO_FPS, codec=VIDEO_CODEC, bitrate=VIDEO_BITRATE, pix_fmt_in="rgb24"
+        )
+        writer.send(None)  # start the ffmpeg process
+        try:
+            for w in projected_w_steps:
+                frame = video_rgb(np.concatenate([target_uint8, render_w(G, w)], axis=1))
+                writer.send(np.ascontiguousarray(frame))
+        finally:
+            writer.close()
 
 
 def save_outputs(outdir: str, G, target_uint8: np.ndarray, projected_w_steps: torch.Tensor, save_video: bool):
@@ -120,10 +121,11 @@ def save_outputs(outdir: str, G, target_uint8: np.ndarray, projected_w_steps: to
         print(f'Saving optimization progress video "{video_path}"')
         write_progress_video(video_path, G, target_uint8, projected_w_steps)
 
-    images.to_pil(target_uint8).save(f"{outdir}/target.png")
+    images.save_png(target_uint8, f"{outdir}/target.png")
     projected_w = projected_w_steps[-1]  # [num_ws, w_dim]
-    images.to_pil(render_w(G, projected_w)).save(f"{outdir}/proj.png")
-    np.savez(f"{outdir}/projected_w.npz", w=projected_w.unsqueeze(0).cpu().numpy())
+    images.save_png(render_w(G, projected_w), f"{outdir}/proj.png")
+    w = projected_w.unsqueeze(0).cpu().numpy()  # [1, num_ws, w_dim]
+    atomic.atomic_write(f"{outdir}/projected_w.npz", lambda f: np.savez(f, w=w))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -4,12 +4,11 @@ import os
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 import tqdm
 from click.core import ParameterSource
 
-from dnnlib import atomic, cli
+from dnnlib import cli
 from torch_utils import images
 from torch_utils.launch import DeviceError, resolve_device
 from training import inference, pickles, sefa, video
@@ -55,8 +54,7 @@ def save_directions(G, layers: list[int] | None, outdir: str) -> tuple[np.ndarra
 
 def save_grid(path: str, grid: np.ndarray) -> None:
     """uint8 [H, W, C] -> PNG at `path`, atomically."""
-    image: PIL.Image.Image = images.to_pil(grid)
-    atomic.atomic_write(path, lambda f: image.save(f, format="png"))
+    images.save_png(grid, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -151,11 +151,11 @@ def generate_style_mix(
 
     print("Saving images...")
     for (row_seed, col_seed), image in mixed.items():
-        images.to_pil(image).save(os.path.join(outdir, f"{row_seed}-{col_seed}.png"))
+        images.save_png(image, os.path.join(outdir, f"{row_seed}-{col_seed}.png"))
 
     print("Saving image grid...")
     grid = make_grid(mixed, row_seeds, col_seeds)
-    grid.save(os.path.join(outdir, "grid.png"))
+    images.save_png(grid, os.path.join(outdir, "grid.png"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

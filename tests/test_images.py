@@ -74,3 +74,20 @@ def test_open_image_names_missing_files_and_folders(tmp_path):
     for path in [tmp_path / "missing.png", tmp_path]:
         with pytest.raises(images.ImageFileError, match=r"^x.png: cannot be opened \(\[Errno \d+\]"):
             images.open_image(path, "x.png")
+
+
+def test_save_png_replaces_a_file_only_when_the_new_one_is_complete(tmp_path, monkeypatch):
+    path = tmp_path / "seed0000.png"
+    images.save_png(np.full([2, 3, 3], 9, np.uint8), str(path))
+    before = path.read_bytes()
+    with PIL.Image.open(path) as img:
+        assert img.mode == "RGB" and np.array(img).tolist() == [[[9] * 3] * 3] * 2
+
+    def torn_write(self, f, format=None):
+        f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PIL.Image.Image, "save", torn_write)
+    with pytest.raises(OSError, match="No space left"):
+        images.save_png(np.zeros([2, 3, 3], np.uint8), str(path))
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["seed0000.png"]

@@ -18,6 +18,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from dnnlib import atomic
+
 # PIL modes of the channel counts that images can be written with, and how messages call them.
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _CHANNEL_NAMES = {1: "grayscale", 3: "RGB", 4: "RGBA"}
@@ -75,6 +77,12 @@ def to_pil(image: np.ndarray) -> PIL.Image.Image:
     channels = image.shape[2]
     check_channels(channels)
     return PIL.Image.fromarray(image[:, :, 0] if channels == 1 else image, PIL_MODES[channels])
+
+
+def save_png(image: np.ndarray | PIL.Image.Image, path: str) -> None:
+    """uint8 `[H, W, C]` (or a PIL image) -> PNG file at `path`, atomically: a kill never leaves a torn file there."""
+    picture = image if isinstance(image, PIL.Image.Image) else to_pil(image)
+    atomic.atomic_write(path, lambda f: picture.save(f, format="png"))
 
 
 def open_image(file, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
