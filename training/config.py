@@ -29,6 +29,7 @@ import dnnlib
 from metrics import metric_main
 from training import resume as resuming
 from training.augment import AUGPIPE_SPECS
+from training.dataset import image_sides_problem
 from training.networks import MAX_ASPECT
 from training.pickles import NAMED_NETWORKS as RESUME_SPECS  # the names --resume (and every --network) knows
 
@@ -309,7 +310,7 @@ def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
         f"--data: the images of {path} are {width}x{height}; training needs at least {MIN_RESOLUTION}x{MIN_RESOLUTION}",
     )
     _require(
-        _is_power_of_two(height) and _is_power_of_two(width) and max(height, width) <= MAX_ASPECT * min(height, width),
+        image_sides_problem(width=width, height=height) is None,
         f"--data: the images of {path} are {width}x{height}; training needs power-of-two width and height with an "
         f"aspect ratio between 1:{MAX_ASPECT} and {MAX_ASPECT}:1",
     )
@@ -319,10 +320,6 @@ def _probe_dataset(dataset_kwargs: dict) -> _DatasetFacts:
         "or 4 (RGBA)",
     )
     return facts
-
-
-def _is_power_of_two(value: int) -> bool:
-    return value >= 1 and (value & (value - 1)) == 0
 
 
 def _adam(lrate: float) -> dnnlib.EasyDict:

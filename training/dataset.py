@@ -300,12 +300,6 @@ def _checked_raw_labels(labels, num_raw):
     return labels
 
 
-def _is_valid_image_size(height, width):
-    """Both sides powers of two, the longer at most MAX_ASPECT times the shorter (square is the usual case)."""
-    powers_of_two = all(side >= 1 and (side & (side - 1)) == 0 for side in (height, width))
-    return powers_of_two and max(height, width) <= MAX_ASPECT * min(height, width)
-
-
 def _check_raw_image(image, image_shape):
     """Assert that a subclass hook returned a uint8 image of the dataset's `[C, H, W]` shape."""
     assert isinstance(image, np.ndarray), f"raw image must be a numpy array, found {type(image).__name__}"
